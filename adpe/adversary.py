@@ -1,0 +1,100 @@
+"""Adversarial position parameters (delta) and their projections.
+
+The deltas are trained by gradient *ascent* on the MIM loss in the same backward pass as the network's
+descent; after every optimiser step they are projected back onto a ball of radius ``radius`` in the chosen
+norm. Which delta exists depends on the position kind and mode (DESIGN.md §2):
+
+=========  ==========  ====================================  ==================================================
+position   mode        parameters                            effect (masked positions only)
+=========  ==========  ====================================  ==================================================
+ape        embedding   ``position``: (embed_dim,)            masked tokens carry delta instead of a mask token
+ape        coordinate  ``position``: (2,) as (dx, dy)        sin-cos evaluated at (row + dy, col + dx)
+rpe        embedding   ``encoder.i`` / ``decoder.i``:        every table entry read by a masked query gains
+                       (head_dim,) per attention layer       delta
+rpe        coordinate  ``encoder.i`` / ``decoder.i``:        offsets of masked queries shift by delta, read
+                       (2,) as (d_row, d_col) per layer      through the continuous (bilinear) lookup
+=========  ==========  ====================================  ==================================================
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Position = Literal["ape", "rpe"]
+Mode = Literal["embedding", "coordinate"]
+Norm = Literal["l2", "linf", "none"]
+NORMS = ("l2", "linf", "none")
+
+
+def ball_norm(delta: Tensor, norm: Norm) -> Tensor:
+    """The norm that the projection bounds: L-inf for 'linf', L2 otherwise ('none' reports L2)."""
+    return delta.detach().abs().max() if norm == "linf" else delta.detach().norm()
+
+
+@torch.no_grad()
+def project_(delta: Tensor, norm: Norm, radius: float) -> Tensor:
+    """Project delta in place onto {d : ||d|| <= radius}: L2 rescales, L-inf clamps, 'none' leaves it."""
+    if norm == "l2":
+        length = delta.norm()
+        if length > radius:
+            delta.mul_(radius / length)
+    elif norm == "linf":
+        delta.clamp_(-radius, radius)
+    elif norm != "none":
+        raise ValueError(f"unknown projection norm {norm!r}; use one of {NORMS}")
+    return delta
+
+
+class PositionAdversary(nn.Module):
+    """All deltas of one model, zero-initialised, plus the ball they live in.
+
+    Args:
+        position, mode: which row of the table above.
+        embed_dim: encoder width (APE embedding mode).
+        head_dims: (encoder head_dim, decoder head_dim) (RPE embedding mode).
+        depths: (encoder depth, decoder depth) (RPE modes: one delta per attention layer).
+        norm, radius: the projection ball.
+    """
+
+    def __init__(
+        self,
+        position: Position,
+        mode: Mode,
+        *,
+        embed_dim: int,
+        head_dims: tuple[int, int],
+        depths: tuple[int, int],
+        norm: Norm = "l2",
+        radius: float = 1.0,
+    ):
+        super().__init__()
+        if position not in ("ape", "rpe") or mode not in ("embedding", "coordinate"):
+            raise ValueError(f"unknown adversary {position}/{mode}: position is 'ape' or 'rpe', "
+                             "mode is 'embedding' or 'coordinate'")
+        if norm not in NORMS:
+            raise ValueError(f"unknown projection norm {norm!r}; use one of {NORMS}")
+        if radius <= 0:
+            raise ValueError(f"the projection radius must be positive, got {radius}")
+        self.position_kind, self.mode, self.norm, self.radius = position, mode, norm, float(radius)
+        if position == "ape":
+            self.position = nn.Parameter(torch.zeros(embed_dim if mode == "embedding" else 2))
+        else:
+            enc_dim, dec_dim = head_dims if mode == "embedding" else (2, 2)
+            self.encoder = nn.ParameterList([nn.Parameter(torch.zeros(enc_dim)) for _ in range(depths[0])])
+            self.decoder = nn.ParameterList([nn.Parameter(torch.zeros(dec_dim)) for _ in range(depths[1])])
+
+    def extra_repr(self) -> str:
+        return f"{self.position_kind}/{self.mode}, norm={self.norm}, radius={self.radius}"
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Project every delta onto its ball (each per-layer delta separately)."""
+        for delta in self.parameters():
+            project_(delta, self.norm, self.radius)
+
+    def max_norm(self) -> float:
+        """Largest norm among the deltas, in the projection's norm: the logged ``adv_norm``."""
+        return max(float(ball_norm(d, self.norm)) for d in self.parameters())

@@ -1,0 +1,292 @@
+"""MAE and MAE+ (with optional adversarial positions) from one code path.
+
+* MAE: the encoder sees only the visible patches; mask tokens are inserted before the decoder.
+* MAE+ (AdPE paper): the encoder sees every patch; masked patches are replaced by a learned mask token before
+  the encoder (SimMIM-like), the fixed sin-cos embedding is added to all tokens, plus a cls token; the
+  decoder receives the whole encoder sequence. Positions are absolute (APE) or iRPE (RPE, with the sin-cos
+  APE still added at the input); AdPE adds a ``PositionAdversary`` acting at masked positions only.
+
+Conventions: images (B, 3, H, W); a grid of h x w patches, L = h*w, in row-major order; ``mask`` (B, L) float
+with 1 = removed (masked), 0 = visible; the loss is the mean squared error on masked patches only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from timm.layers import PatchEmbed
+from torch import Tensor, nn
+
+from adpe.adversary import Mode, Norm, PositionAdversary
+from adpe.pos_embed import grid_coords, sincos_2d_at, sincos_2d_table
+from adpe.rpe import Lookup, continuous_lookup, discrete_lookup, grid_offsets
+from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_
+
+
+@dataclass(frozen=True)
+class ViTSize:
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+
+
+SIZES = {
+    # Tiny: for tests and the CPU demo (matches the shape of the released-code parity fixture).
+    "tiny": ViTSize(16, 192, 4, 3, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2),
+    "base": ViTSize(16, 768, 12, 12),
+    "large": ViTSize(16, 1024, 24, 16),
+    "huge": ViTSize(14, 1280, 32, 16),
+}
+
+
+def random_masking(
+    batch: int, length: int, mask_ratio: float, device=None, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample random masking by sorting uniform noise (MAE).
+
+    Returns mask (B, L) float (1 = removed, exactly L - int(L * (1 - ratio)) ones per row), ids_restore
+    (B, L) (inverse of the shuffle) and ids_keep (B, len_keep) (visible patches, in shuffled order).
+    """
+    len_keep = int(length * (1 - mask_ratio))
+    if not 0 < len_keep < length:
+        raise ValueError(f"mask ratio {mask_ratio} leaves {len_keep} of {length} patches visible")
+    noise = torch.rand(batch, length, device=device, generator=generator)
+    ids_shuffle = noise.argsort(dim=1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    mask = torch.ones(batch, length, device=device)
+    mask[:, :len_keep] = 0
+    return mask.gather(1, ids_restore), ids_restore, ids_shuffle[:, :len_keep]
+
+
+class MaskedAutoencoder(nn.Module):
+    """MAE / MAE+ / AdPE pretraining model.
+
+    Args:
+        size: a key of ``SIZES`` (or pass the ViTSize fields through ``size_overrides``).
+        img_size: pretraining input side (112 for the MAE+ multi-crop recipe, 224 for MAE).
+        variant: 'mae' (encoder on visible patches) or 'mae_plus' (encoder on all patches).
+        position: 'ape' or 'rpe' (iRPE in every encoder and decoder attention layer; MAE+ only).
+        rpe_lookup: 'discrete' or 'continuous' (bilinear); RPE coordinate mode needs 'continuous'.
+        adversary: None, 'embedding' or 'coordinate' (MAE+ only); adv_norm / adv_radius: its ball.
+        norm_pix_loss: regress per-patch normalised pixels (MAE's recommended target).
+    """
+
+    def __init__(
+        self,
+        size: str = "base",
+        *,
+        img_size: int = 112,
+        in_chans: int = 3,
+        variant: Literal["mae", "mae_plus"] = "mae_plus",
+        position: Literal["ape", "rpe"] = "ape",
+        rpe_lookup: Literal["discrete", "continuous"] = "discrete",
+        adversary: Mode | None = None,
+        adv_norm: Norm = "l2",
+        adv_radius: float = 1.0,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = True,
+        mlp_ratio: float = 4.0,
+        **size_overrides,
+    ):
+        super().__init__()
+        if size not in SIZES:
+            raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
+        dims = ViTSize(**{**SIZES[size].__dict__, **size_overrides})
+        self._check_options(variant, position, rpe_lookup, adversary)
+        self.variant, self.position, self.rpe_lookup = variant, position, rpe_lookup
+        self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+        self.patch_size, self.in_chans = dims.patch_size, in_chans
+        self.grid = (img_size // dims.patch_size, img_size // dims.patch_size)
+        rpe = position == "rpe"
+
+        self.patch_embed = PatchEmbed(img_size, dims.patch_size, in_chans, dims.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dims.embed_dim))
+        table = sincos_2d_table(*self.grid, dims.embed_dim)[None]
+        self.pos_embed = nn.Parameter(table, requires_grad=False)  # fixed; stored as in MAE checkpoints
+        if not (adversary == "embedding" and position == "ape"):  # there delta takes the mask token's place
+            # MAE inserts its mask token in the decoder (decoder width), MAE+ before the encoder.
+            width = dims.decoder_embed_dim if variant == "mae" else dims.embed_dim
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.blocks = nn.ModuleList(
+            Block(dims.embed_dim, dims.num_heads, mlp_ratio, rpe=rpe) for _ in range(dims.depth)
+        )
+        self.norm = LayerNorm(dims.embed_dim)
+
+        self.decoder_embed = nn.Linear(dims.embed_dim, dims.decoder_embed_dim)
+        dec_table = sincos_2d_table(*self.grid, dims.decoder_embed_dim)[None]
+        self.decoder_pos_embed = nn.Parameter(dec_table, requires_grad=False)
+        self.decoder_blocks = nn.ModuleList(
+            Block(dims.decoder_embed_dim, dims.decoder_num_heads, mlp_ratio, rpe=rpe)
+            for _ in range(dims.decoder_depth)
+        )
+        self.decoder_norm = LayerNorm(dims.decoder_embed_dim)
+        self.decoder_pred = nn.Linear(dims.decoder_embed_dim, dims.patch_size**2 * in_chans)
+
+        self.adversary = None
+        if adversary is not None:
+            self.adversary = PositionAdversary(
+                position,
+                adversary,
+                embed_dim=dims.embed_dim,
+                head_dims=(dims.embed_dim // dims.num_heads, dims.decoder_embed_dim // dims.decoder_num_heads),
+                depths=(dims.depth, dims.decoder_depth),
+                norm=adv_norm,
+                radius=adv_radius,
+            )
+        self._init_weights()
+
+    @staticmethod
+    def _check_options(variant, position, rpe_lookup, adversary) -> None:
+        if variant not in ("mae", "mae_plus"):
+            raise ValueError(f"variant must be 'mae' or 'mae_plus', got {variant!r}")
+        if position not in ("ape", "rpe") or rpe_lookup not in ("discrete", "continuous"):
+            raise ValueError(f"position must be 'ape'/'rpe' and rpe_lookup 'discrete'/'continuous', "
+                             f"got {position!r}/{rpe_lookup!r}")
+        if variant == "mae" and (position == "rpe" or adversary is not None):
+            raise ValueError("plain MAE is the APE baseline without adversary; use variant='mae_plus' "
+                             "for RPE or adversarial positions")
+        if position == "rpe" and adversary == "coordinate" and rpe_lookup != "continuous":
+            raise ValueError("RPE coordinate mode shifts offsets by fractional amounts: set "
+                             "rpe_lookup='continuous'")
+        if position == "rpe" and adversary == "embedding" and rpe_lookup != "discrete":
+            raise ValueError("RPE embedding mode is defined on the discrete lookup: set rpe_lookup='discrete'")
+
+    def _init_weights(self) -> None:
+        init_patch_embed_(self.patch_embed.proj)
+        nn.init.normal_(self.cls_token, std=0.02)
+        if hasattr(self, "mask_token"):
+            nn.init.normal_(self.mask_token, std=0.02)
+        for name, module in self.named_modules():
+            if name != "patch_embed.proj":
+                init_mae_weights(module)
+
+    # ---------------------------------------------------------------- patches and masks
+    def patchify(self, imgs: Tensor) -> Tensor:
+        """(B, C, h*p, w*p) -> (B, h*w, p*p*C), patch pixels in (row, col, channel) order as MAE."""
+        b, c, hp, wp = imgs.shape
+        p = self.patch_size
+        h, w = hp // p, wp // p
+        x = imgs.reshape(b, c, h, p, w, p)
+        return torch.einsum("nchpwq->nhwpqc", x).reshape(b, h * w, p * p * c)
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """(B, h*w, p*p*C) -> (B, C, h*p, w*p) on this model's grid; inverse of ``patchify``."""
+        b = x.shape[0]
+        (h, w), p, c = self.grid, self.patch_size, self.in_chans
+        x = x.reshape(b, h, w, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, h * p, w * p)
+
+    def random_masking(self, batch: int, device=None, generator=None) -> tuple[Tensor, Tensor, Tensor]:
+        return random_masking(batch, self.grid[0] * self.grid[1], self.mask_ratio, device, generator)
+
+    # ---------------------------------------------------------------- positions
+    def _masked_positions(self, dim_table: Tensor, delta: Tensor) -> Tensor:
+        """APE coordinate mode: sin-cos at the grid shifted by delta = (dx, dy): (L, D)."""
+        coords = grid_coords(*self.grid, device=delta.device) + delta.flip(0).to(torch.float64)
+        return sincos_2d_at(coords, dim_table.shape[-1]).to(dim_table.dtype)
+
+    def _lookup(self, device) -> Lookup:
+        """The unperturbed lookup of this model's grid, shared by all layers."""
+        if self.rpe_lookup == "discrete":
+            return discrete_lookup(*self.grid, device=device)
+        return continuous_lookup(grid_offsets(*self.grid, device=device)[None])
+
+    def _stack_rel_pos(self, mask: Tensor, stack: str, depth: int) -> list[RelPos | None]:
+        """The RelPos input of each layer of the 'encoder' or 'decoder' stack (None for APE models)."""
+        if self.position != "rpe":
+            return [None] * depth
+        deltas = getattr(self.adversary, stack) if self.adversary is not None else None
+        if deltas is not None and self.adversary.mode == "coordinate":
+            offsets = grid_offsets(*self.grid, device=mask.device)[None]  # (1, L, L, 2)
+            shift = mask[:, :, None, None]  # rows of masked queries move by delta
+            return [RelPos(continuous_lookup(offsets + shift * d.to(offsets.dtype))) for d in deltas]
+        lookup = self._lookup(mask.device)
+        if deltas is not None:
+            query_mask = torch.cat([mask.new_zeros(mask.shape[0], 1), mask], dim=1)  # cls never perturbed
+            return [RelPos(lookup, d, query_mask) for d in deltas]
+        return [RelPos(lookup)] * depth
+
+    # ---------------------------------------------------------------- encoder / decoder
+    def embed_masked(self, imgs: Tensor, mask: Tensor) -> Tensor:
+        """MAE+ input: patches, masked ones replaced; positions added; cls first. -> (B, 1+L, D)."""
+        x = self.patch_embed(imgs)
+        masked = mask[..., None].bool()
+        pos = self.pos_embed[:, 1:]
+        adv = self.adversary
+        if adv is not None and adv.position_kind == "ape" and adv.mode == "embedding":
+            x = torch.where(masked, adv.position.to(x.dtype), x)
+        else:
+            x = torch.where(masked, self.mask_token.to(x.dtype), x)
+        if adv is not None and adv.position_kind == "ape" and adv.mode == "coordinate":
+            pos = torch.where(masked, self._masked_positions(pos, adv.position), pos)
+        x = x + pos
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1)
+
+    def embed_visible(self, imgs: Tensor, ids_keep: Tensor) -> Tensor:
+        """MAE input: visible patches only, with their positions; cls first. -> (B, 1+len_keep, D)."""
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:]
+        x = x.gather(1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1)
+
+    def forward_encoder(self, imgs: Tensor, mask: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        """-> latent (B, 1+L, D) for MAE+, (B, 1+len_keep, D) for MAE; after the final norm."""
+        if self.variant == "mae":
+            x = self.embed_visible(imgs, ids_keep)
+        else:
+            x = self.embed_masked(imgs, mask)
+        for block, rel_pos in zip(self.blocks, self._stack_rel_pos(mask, "encoder", len(self.blocks))):
+            x = block(x, rel_pos)
+        return self.norm(x)
+
+    def forward_decoder(self, latent: Tensor, mask: Tensor, ids_restore: Tensor | None = None) -> Tensor:
+        """latent -> per-patch predictions (B, L, p*p*C)."""
+        x = self.decoder_embed(latent)
+        if self.variant == "mae":
+            n_masked = ids_restore.shape[1] + 1 - x.shape[1]
+            mask_tokens = self.mask_token.expand(x.shape[0], n_masked, -1)
+            patches = torch.cat([x[:, 1:], mask_tokens.to(x.dtype)], dim=1)
+            patches = patches.gather(1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
+            x = torch.cat([x[:, :1], patches], dim=1)
+        x = x + self.decoder_pos_embed
+        for block, rel_pos in zip(
+            self.decoder_blocks, self._stack_rel_pos(mask, "decoder", len(self.decoder_blocks))
+        ):
+            x = block(x, rel_pos)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    def forward_loss(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+        """Mean over masked patches of the per-patch mean squared error (normalised pixels if set)."""
+        target = self.patchify(imgs)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6) ** 0.5
+        per_patch = ((pred.float() - target.float()) ** 2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()
+
+    def forward(
+        self, imgs: Tensor, mask: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """imgs (B, C, H, W) -> {'loss': scalar, 'pred': (B, L, p*p*C), 'mask': (B, L)}.
+
+        A given ``mask`` (MAE+ only) replaces the random one, e.g. to compare models on the same masking.
+        """
+        expected = (self.grid[0] * self.patch_size, self.grid[1] * self.patch_size)
+        if tuple(imgs.shape[-2:]) != expected:
+            raise ValueError(f"input is {tuple(imgs.shape[-2:])} but this model was built for {expected}")
+        ids_restore = ids_keep = None
+        if mask is None or self.variant == "mae":
+            if mask is not None:
+                raise ValueError("plain MAE draws its own mask (it needs the shuffle); pass mask=None")
+            mask, ids_restore, ids_keep = self.random_masking(imgs.shape[0], imgs.device, generator)
+        latent = self.forward_encoder(imgs, mask, ids_keep)
+        pred = self.forward_decoder(latent, mask, ids_restore)
+        return {"loss": self.forward_loss(imgs, pred, mask), "pred": pred, "mask": mask}

@@ -1,0 +1,97 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adpe.rpe import (
+    ALPHA,
+    BETA,
+    GAMMA,
+    Lookup,
+    contextual_rpe,
+    continuous_lookup,
+    discrete_lookup,
+    grid_offsets,
+    num_buckets,
+)
+
+
+def reference_index(x: int) -> int:
+    """The piecewise index of DESIGN.md §2, one integer at a time."""
+    a = abs(x)
+    m = a if a <= ALPHA else ALPHA + math.log(a / ALPHA) / math.log(GAMMA / ALPHA) * (BETA - ALPHA)
+    return int(math.copysign(min(round(m), int(BETA)), x)) if x else 0
+
+
+def reference_bucket(h: int, w: int, i: int, j: int) -> int:
+    if i == 0 or j == 0:
+        return 49
+    (ri, ci), (rj, cj) = divmod(i - 1, w), divmod(j - 1, w)
+    return (3 + reference_index(ri - rj)) * 7 + (3 + reference_index(ci - cj))
+
+
+@pytest.mark.parametrize("side", [7, 14])
+def test_discrete_buckets_equal_piecewise_formula(side):
+    ids = discrete_lookup(side, side).ids[0, ..., 0]
+    n = side * side + 1
+    expected = torch.tensor([[reference_bucket(side, side, i, j) for j in range(n)] for i in range(n)])
+    assert torch.equal(ids, expected)
+    assert ids.max() == num_buckets() - 1 == 49 and ids.min() == 0
+
+
+def test_index_values_saturate_at_three():
+    assert [reference_index(x) for x in (0, 1, 2, 3, 4, 8, 13)] == [0, 1, 2, 2, 3, 3, 3]
+
+
+def grid_sample_reference(table: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """DESIGN.md's definition of the continuous lookup, via grid_sample. offsets (n, n, 2) -> (n, n, C)."""
+    a = offsets.abs()
+    m = torch.where(a <= ALPHA, a, ALPHA + torch.log(a.clamp(min=ALPHA) / ALPHA) / math.log(GAMMA / ALPHA)
+                    * (BETA - ALPHA))
+    v = (torch.sign(offsets) * m).clamp(max=BETA).clamp(-BETA, BETA) / BETA
+    grid = v[None]  # (1, n, n, 2): x = row value, y = col value
+    img = table[:, :49].reshape(1, -1, 7, 7)
+    return F.grid_sample(img, grid, mode="bilinear", align_corners=False, padding_mode="zeros")[0].permute(1, 2, 0)
+
+
+def test_continuous_lookup_equals_grid_sample_definition():
+    torch.manual_seed(0)
+    table = torch.randn(5, 50, dtype=torch.float64)
+    offsets = grid_offsets(5, 6).double() + torch.rand(30, 30, 2, dtype=torch.float64) * 3 - 1.5
+    lk = continuous_lookup(offsets[None], cls_token=False)
+    mixed = (table.T[lk.ids[0]] * lk.weights[0][..., None]).sum(-2)  # (n, n, C)
+    torch.testing.assert_close(mixed, grid_sample_reference(table, offsets))
+
+
+def test_continuous_agrees_with_discrete_where_defined_to():
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, 50, 8)
+    table = torch.randn(1, 8, 50)
+    dis = contextual_rpe(q, table, discrete_lookup(7, 7))
+    con = contextual_rpe(q, table, continuous_lookup(grid_offsets(7, 7)[None]))
+    cls_cells = torch.zeros(50, 50, dtype=torch.bool)
+    cls_cells[0] = cls_cells[:, 0] = True
+    diagonal = torch.eye(50, dtype=torch.bool)  # zero offset
+    agree = cls_cells | diagonal
+    torch.testing.assert_close(con[..., agree], dis[..., agree])
+    assert not torch.allclose(con[..., ~agree], dis[..., ~agree]), "they differ elsewhere by definition"
+
+
+def test_contextual_rpe_is_q_dot_bucket():
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 5, 4)
+    table = torch.randn(1, 4, 50)
+    ids = torch.randint(0, 50, (1, 5, 5, 1))
+    out = contextual_rpe(q, table, Lookup(ids))
+    for i in range(5):
+        for j in range(5):
+            torch.testing.assert_close(out[0, :, i, j], q[0, :, i] @ table[0, :, ids[0, i, j, 0]])
+
+
+def test_continuous_lookup_is_differentiable_in_offsets():
+    offsets = (grid_offsets(3, 3)[None] + 0.3).requires_grad_()
+    table = torch.randn(1, 4, 50)
+    out = contextual_rpe(torch.randn(1, 1, 10, 4), table, continuous_lookup(offsets))
+    out.sum().backward()
+    assert offsets.grad.abs().sum() > 0
