@@ -1,0 +1,7 @@
+"""OpenMMLab integration: importing this package registers the suite's modules.
+
+Everything is registered in mmengine's root registries, which mmseg's and mmdet's registries fall back to,
+so configs with ``default_scope='mmseg'`` or ``default_scope='mmdet'`` find the same names.
+"""
+
+from adpe.mm import engine, pretrain  # noqa: F401  (registration side effects)

@@ -1,0 +1,109 @@
+"""Pretraining on mmengine's Runner: model wrapper, dataset, collate, optimiser groups, adversary hook."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel, is_model_wrapper
+from mmengine.registry import (
+    DATASETS,
+    FUNCTIONS,
+    HOOKS,
+    MODELS,
+    OPTIM_WRAPPER_CONSTRUCTORS,
+    OPTIM_WRAPPERS,
+    OPTIMIZERS,
+)
+from torch import Tensor
+
+from adpe.data import ImageFolderDataset, MultiCropTransform, multicrop_collate
+from adpe.mae import MaskedAutoencoder
+from adpe.optim import pretrain_param_groups
+
+
+@MODELS.register_module()
+class AdPEPretrainer(BaseModel):
+    """mmengine model around ``adpe.mae.MaskedAutoencoder`` (keyword arguments go to it unchanged).
+
+    Its weights live under ``mae.``; ``tools/convert_checkpoint.py`` turns them into a backbone.
+    """
+
+    def __init__(self, data_preprocessor: dict | None = None, init_cfg: dict | None = None, **mae_kwargs):
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.mae = MaskedAutoencoder(**mae_kwargs)
+
+    def forward(self, inputs: Tensor, data_samples=None, mode: str = "loss"):
+        """inputs: (B * crops, C, H, W). 'loss' -> {'loss'}; 'predict' / 'tensor' -> the model's dict."""
+        out = self.mae(inputs)
+        if mode == "loss":
+            return {"loss": out["loss"]}
+        if mode in ("predict", "tensor"):
+            return out
+        raise ValueError(f"unknown mode {mode!r}: use 'loss', 'predict' or 'tensor'")
+
+
+@DATASETS.register_module()
+class AdPEImageFolder(ImageFolderDataset):
+    """ImageNet-style or flat image folder with the MAE+ multi-crop transform (labels unused)."""
+
+    def __init__(self, data_root: str, num_crops: int = 4, crop_size: int = 112,
+                 scale: tuple[float, float] = (0.08, 1.0)):
+        super().__init__(data_root, transform=MultiCropTransform(num_crops, crop_size, tuple(scale)))
+        self.metainfo = {"num_crops": num_crops, "crop_size": crop_size}
+
+
+@FUNCTIONS.register_module()
+def adpe_multicrop_collate(batch: list) -> dict[str, Tensor]:
+    """Stack every crop of every image into one batch: {'inputs': (B * crops, C, H, W)}."""
+    return {"inputs": multicrop_collate(batch)}
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class AdPEOptimWrapperConstructor:
+    """Builds the optimiser with ``adpe.optim.pretrain_param_groups``: decay / no-decay / adversary.
+
+    ``paramwise_cfg=dict(adv_lr=...)`` sets the adversary's lr (scheduled like the main lr by mmengine's
+    schedulers, which scale every group from its initial lr).
+    """
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None):
+        self.optim_wrapper_cfg = copy.deepcopy(dict(optim_wrapper_cfg))
+        self.paramwise_cfg = dict(paramwise_cfg or {})
+        unknown = set(self.paramwise_cfg) - {"adv_lr"}
+        if unknown:
+            raise ValueError(f"AdPEOptimWrapperConstructor: unknown paramwise_cfg keys {sorted(unknown)}; "
+                             "only 'adv_lr' is accepted")
+
+    def __call__(self, model) -> torch.nn.Module:
+        model = model.module if is_model_wrapper(model) else model
+        wrapper_cfg = copy.deepcopy(self.optim_wrapper_cfg)
+        wrapper_cfg.setdefault("type", "OptimWrapper")
+        optimizer_cfg = wrapper_cfg.pop("optimizer")
+        groups = pretrain_param_groups(
+            model.mae, lr=optimizer_cfg["lr"], weight_decay=optimizer_cfg.get("weight_decay", 0.0),
+            adv_lr=self.paramwise_cfg.get("adv_lr"),
+        )
+        optimizer = OPTIMIZERS.build({**optimizer_cfg, "params": groups})
+        return OPTIM_WRAPPERS.build(wrapper_cfg, default_args={"optimizer": optimizer})
+
+
+@HOOKS.register_module()
+class AdversaryHook(Hook):
+    """After every iteration: project the deltas onto their ball, log ``adv_lr`` and ``adv_norm``.
+
+    Runs at NORMAL priority, before LoggerHook, so the scalars reach the same log line as ``loss``.
+    """
+
+    priority = "NORMAL"
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        adversary = model.mae.adversary
+        if adversary is None:
+            return
+        adversary.project_()
+        adv_group = next(g for g in runner.optim_wrapper.optimizer.param_groups if g.get("adversary"))
+        runner.message_hub.update_scalar("train/adv_lr", adv_group["lr"])
+        runner.message_hub.update_scalar("train/adv_norm", adversary.max_norm())

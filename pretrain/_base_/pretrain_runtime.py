@@ -1,0 +1,69 @@
+# MAE+ / AdPE pretraining recipe (AdPE, arXiv 2303.07598, following MAE): AdamW betas (0.9, 0.95), weight
+# decay 0.05 (none on biases and 1-D parameters), lr = base_lr * effective_batch / 256 with base_lr 1.5e-4,
+# per-iteration cosine schedule after a linear warm-up, 4 crops of 112^2 per image, mask ratio 0.75.
+#
+# effective_batch counts *images* per optimiser step over all GPUs and accumulation steps. tools/train.py
+# sets optim_wrapper.accumulative_counts = effective_batch / (GPUs x batch_size), so the recipe holds on
+# any number of GPUs; set effective_batch = None to take the config's accumulative_counts as they are.
+data_root = 'data/imagenet'
+effective_batch = 4096
+batch_size = 64  # images per GPU per iteration (x num_crops crops through the model)
+num_crops = 4
+epochs = 400
+warmup_epochs = 20
+base_lr = 1.5e-4
+base_adv_lr = 1.5e-4  # the adversary's own lr, scaled and scheduled like the main lr
+
+model = dict(
+    type='AdPEPretrainer',
+    size='base',
+    img_size=112,
+    variant='mae_plus',
+    position='ape',
+    mask_ratio=0.75,
+    norm_pix_loss=True,
+)
+
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=10,
+    persistent_workers=True,
+    pin_memory=True,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    collate_fn=dict(type='adpe_multicrop_collate'),
+    dataset=dict(type='AdPEImageFolder', data_root=data_root, num_crops=num_crops, crop_size=112),
+)
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    constructor='AdPEOptimWrapperConstructor',
+    optimizer=dict(type='AdamW', lr=base_lr * effective_batch / 256, betas=(0.9, 0.95), weight_decay=0.05),
+    paramwise_cfg=dict(adv_lr=base_adv_lr * effective_batch / 256),
+)
+
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-4, by_epoch=True, begin=0, end=warmup_epochs,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=epochs - warmup_epochs, eta_min=0.0, by_epoch=True,
+         begin=warmup_epochs, end=epochs, convert_to_iter_based=True),
+]
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=epochs)
+
+default_scope = 'mmengine'
+default_hooks = dict(
+    runtime_info=dict(type='RuntimeInfoHook'),
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+)
+custom_hooks = [dict(type='AdversaryHook'), dict(type='RandomStateHook')]
+env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+               dist_cfg=dict(backend='nccl'))
+visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])
+log_processor = dict(window_size=10, by_epoch=True)
+log_level = 'INFO'
+load_from = None
+resume = True  # continue from the newest checkpoint in the work dir, if any
+randomness = dict(seed=0, diff_rank_seed=True)

@@ -1,0 +1,20 @@
+_base_ = ['../_base_/pretrain_runtime.py']
+# Tiny ViT on the generated demo folder: the whole recipe, sized to run in minutes on a 2-core CPU.
+data_root = 'data/demo/imagenet'
+effective_batch = None  # take accumulative_counts as written: one step per batch of 16 images
+batch_size = 16
+epochs = 30
+warmup_epochs = 3
+model = dict(size='tiny')
+train_dataloader = dict(batch_size=batch_size, num_workers=2, persistent_workers=True, pin_memory=False,
+                        dataset=dict(data_root=data_root))
+optim_wrapper = dict(optimizer=dict(lr=1.5e-3), paramwise_cfg=dict(adv_lr=1.5e-3))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-2, by_epoch=True, begin=0, end=warmup_epochs,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=epochs - warmup_epochs, eta_min=1e-5, by_epoch=True,
+         begin=warmup_epochs, end=epochs, convert_to_iter_based=True),
+]
+train_cfg = dict(max_epochs=epochs)
+default_hooks = dict(logger=dict(interval=5), checkpoint=dict(interval=10, max_keep_ckpts=1))
+env_cfg = dict(dist_cfg=dict(backend='gloo'))

@@ -1,0 +1,3 @@
+_base_ = ['./_base_demo.py']
+# Tiny sibling of pretrain/mae_plus_vitb_rpe.py.
+model = dict(position='rpe', rpe_lookup='discrete')
