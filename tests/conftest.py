@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tools/ and the package, also when not installed
+
+
+def smooth_images(folder: Path, count: int, size: int = 128, seed: int = 0) -> Path:
+    """Learnable images: sums of a few random low-frequency sinusoids per channel, as PNG files."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(count):
+        img = np.zeros((size, size, 3))
+        for c in range(3):
+            for _ in range(3):
+                fx, fy, phase = rng.uniform(0.5, 3, 2).tolist() + [rng.uniform(0, 6.3)]
+                img[..., c] += np.sin(2 * np.pi * (fx * xx + fy * yy) + phase)
+        img = (img - img.min()) / (np.ptp(img) + 1e-9) * 255
+        sub = folder / f"class{i % 2}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.astype(np.uint8)).save(sub / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("imagenet")
+    smooth_images(root / "train", 16)
+    return root

@@ -1,0 +1,106 @@
+"""The installed stack, import isolation, registries, checkpoint loading and atomic writes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adpe.checkpoint import load_checkpoint_file, load_trusted_training_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+OPENMMLAB = ("mmengine", "mmcv", "mmseg", "mmdet")
+
+
+def test_core_package_imports_no_openmmlab_module():
+    code = ("import sys, adpe, adpe.mae, adpe.rpe, adpe.pos_embed, adpe.adversary, adpe.optim, adpe.data, "
+            "adpe.checkpoint; bad = sorted(m for m in sys.modules if m.split('.')[0] in %r); "
+            "assert not bad, bad" % (OPENMMLAB,))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.mm
+def test_mmcv_compiled_ops_run_on_cpu():
+    from mmcv.ops import RoIAlign, nms
+
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    dets, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5)
+    assert keep.tolist() == [0, 2] and dets.shape == (2, 5)
+    feature = torch.arange(16.0).reshape(1, 1, 4, 4)
+    pooled = RoIAlign((1, 1), spatial_scale=1.0, sampling_ratio=1, aligned=True)(
+        feature, torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]]))
+    assert pooled.item() == pytest.approx(feature.mean().item())  # one bin over the whole map: the mean
+
+
+@pytest.mark.mm
+@pytest.mark.parametrize("scope", ["mmseg", "mmdet", "mmengine"])
+def test_registered_modules_are_found_from_every_scope(scope):
+    pytest.importorskip(scope)
+    from mmengine.registry import DefaultScope, init_default_scope
+
+    import adpe.mm  # noqa: F401
+
+    init_default_scope(scope)
+    registries = {"mmseg": "mmseg.registry", "mmdet": "mmdet.registry", "mmengine": "mmengine.registry"}
+    models = __import__(registries[scope], fromlist=["MODELS"]).MODELS
+    hooks = __import__(registries[scope], fromlist=["HOOKS"]).HOOKS
+    with DefaultScope.overwrite_default_scope(scope):
+        assert models.get("AdPEPretrainer") is not None
+        assert hooks.get("AdversaryHook") is not None
+
+
+def test_release_checkpoint_loads_with_weights_only():
+    ckpt = load_checkpoint_file(FIXTURES / "official_adpe_rpe_tiny.pth")
+    assert isinstance(ckpt["args"], argparse.Namespace)
+    assert ckpt["model"]["blocks.0.attn.rpe_k.lookup_table_weight"].shape == (1, 64, 50)
+
+
+class _Arbitrary:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_untrusted_pickle_is_refused_with_advice(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "payload": _Arbitrary()}, path, pickle_module=pickle)
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_checkpoint_file(path)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_checkpoint_file(tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_trusted_training_checkpoint(tmp_path / "missing.pth")
+
+
+@pytest.mark.mm
+def test_local_writes_are_atomic(tmp_path, monkeypatch):
+    from mmengine.fileio import get_file_backend
+
+    import adpe.mm.engine as engine
+
+    path = tmp_path / "epoch_1.pth"
+    backend = get_file_backend(str(path))
+    assert isinstance(backend, engine.AtomicLocalBackend)
+    backend.put(b"good checkpoint", path)
+
+    def crash(_fd):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(engine.os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        backend.put(b"half a checkpo", path)
+    assert path.read_bytes() == b"good checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch_1.pth"], "no temporary file is left behind"
+
+
+def test_env_report_names_every_component():
+    out = subprocess.run([sys.executable, "-m", "adpe.env"], check=True, capture_output=True, text=True,
+                         cwd=ROOT).stdout
+    for key in ("torch", "mmcv.ops", "mmseg", "mmdet", "device", "threads"):
+        assert f"{key}:" in out

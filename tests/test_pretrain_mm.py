@@ -1,0 +1,125 @@
+"""Pretraining on mmengine's Runner: configs, logging, adversary hook, resume, AMP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+mmengine = pytest.importorskip("mmengine")
+pytestmark = pytest.mark.mm
+
+from mmengine.config import Config  # noqa: E402
+from mmengine.registry import MODELS  # noqa: E402
+
+import adpe.mm  # noqa: E402,F401
+from tools.train import AdPERunner, apply_effective_batch, build_config, parse_args  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN_CONFIGS = sorted(p for p in (ROOT / "pretrain").rglob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("path", PRETRAIN_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "pretrain")))
+def test_every_pretrain_config_builds(path):
+    cfg = Config.fromfile(path)
+    assert cfg.model.type == "AdPEPretrainer" and cfg.optim_wrapper.optimizer.betas == (0.9, 0.95)
+    with torch.device("meta"):  # full-size models without allocating their weights
+        model = MODELS.build(cfg.model)
+    adversarial = cfg.model.get("adversary") is not None
+    assert (model.mae.adversary is not None) == adversarial
+    if "demo" not in path.parts:
+        assert cfg.effective_batch == 4096
+        assert cfg.optim_wrapper.optimizer.lr == pytest.approx(1.5e-4 * 4096 / 256)
+
+
+def test_vit_b_encoder_matches_timm_parameter_count():
+    timm = pytest.importorskip("timm")
+    cfg = Config.fromfile(ROOT / "pretrain/mae_plus_vitb_rpe.py")
+    with torch.device("meta"):
+        mae = MODELS.build(cfg.model).mae
+        reference = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    ours = sum(p.numel() for n, p in mae.named_parameters()
+               if not n.startswith(("decoder", "mask_token", "pos_embed")) and "rpe_k" not in n)
+    theirs = sum(p.numel() for n, p in reference.named_parameters() if n != "pos_embed")
+    assert ours == theirs
+    tables = sum(p.numel() for n, p in mae.named_parameters() if "rpe_k" in n and not n.startswith("decoder"))
+    assert tables == 12 * 64 * 50  # one (1, head_dim, 50) iRPE table per encoder layer
+
+
+def tiny_cfg(config: str, data_root: Path, work_dir: Path, epochs: int, **extra) -> Config:
+    args = parse_args([str(ROOT / config), "--work-dir", str(work_dir), "--cfg-options",
+                       f"train_dataloader.dataset.data_root={data_root}", f"train_cfg.max_epochs={epochs}",
+                       "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+                       "train_dataloader.batch_size=4", "default_hooks.logger.interval=1",
+                       "default_hooks.checkpoint.interval=1", "log_level=WARNING",
+                       "log_processor.window_size=1"])
+    for key, value in extra.items():
+        setattr(args, key, value)
+    return build_config(args)
+
+
+def logged(work_dir: Path, key: str) -> list[float]:
+    rows = [json.loads(line) for f in sorted(work_dir.glob("*/vis_data/scalars.json")) for line in f.open()]
+    return [row[key] for row in rows if key in row]
+
+
+def test_short_run_lowers_loss_and_logs_adversary(image_folder, tmp_path):
+    cfg = tiny_cfg("pretrain/demo/adpe_vit_tiny_ape_coord.py", image_folder, tmp_path, epochs=6)
+    cfg.optim_wrapper.optimizer.lr = 2e-3
+    cfg.param_scheduler = []
+    runner = AdPERunner.from_cfg(cfg)
+    runner.train()
+    losses = logged(tmp_path, "loss")
+    assert len(losses) == 24
+    assert sum(losses[-4:]) / 4 < 0.9 * sum(losses[:4]) / 4, losses
+    adv_norm, adv_lr = logged(tmp_path, "adv_norm"), logged(tmp_path, "adv_lr")
+    assert len(adv_norm) == 24 and max(adv_norm) <= 1.0 + 1e-6 and max(adv_norm) > 0
+    assert adv_lr[0] == pytest.approx(1.5e-3)
+    ckpt = torch.load(tmp_path / "epoch_6.pth", weights_only=False)
+    assert "mae.adversary.position" in ckpt["state_dict"]
+    groups = ckpt["optimizer"]["param_groups"]
+    assert groups[-1]["adversary"] and groups[-1]["maximize"] and groups[-1]["weight_decay"] == 0.0
+
+
+def test_resumed_run_matches_uninterrupted_run(image_folder, tmp_path):
+    config = "pretrain/demo/adpe_vit_tiny_rpe_coord.py"
+    AdPERunner.from_cfg(tiny_cfg(config, image_folder, tmp_path / "straight", epochs=2)).train()
+    AdPERunner.from_cfg(tiny_cfg(config, image_folder, tmp_path / "stopped", epochs=1)).train()
+    AdPERunner.from_cfg(tiny_cfg(config, image_folder, tmp_path / "stopped", epochs=2)).train()  # auto-resume
+    straight = logged(tmp_path / "straight", "loss")
+    resumed = logged(tmp_path / "stopped", "loss")
+    assert len(straight) == len(resumed) == 8
+    assert resumed == pytest.approx(straight, abs=1e-6)
+    a = torch.load(tmp_path / "straight/epoch_2.pth", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "stopped/epoch_2.pth", weights_only=False)["state_dict"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_bf16_autocast_wrapper_on_cpu(image_folder, tmp_path):
+    cfg = tiny_cfg("pretrain/demo/mae_plus_vit_tiny_ape.py", image_folder, tmp_path, epochs=1, amp=True)
+    assert cfg.optim_wrapper.type == ("AmpOptimWrapper" if torch.cuda.is_available() else "AutocastOptimWrapper")
+    runner = AdPERunner.from_cfg(cfg)
+    wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)
+    with wrapper.optim_context(runner.model):
+        out = runner.model.mae.blocks[0].mlp.fc1(torch.randn(2, 192))
+    assert out.dtype == torch.bfloat16
+    runner.train()
+    assert len(logged(tmp_path, "loss")) == 4
+
+
+def test_effective_batch_sets_accumulation_and_rejects_uneven_split(monkeypatch):
+    cfg = Config(dict(effective_batch=4096, train_dataloader=dict(batch_size=64), optim_wrapper=dict()))
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    apply_effective_batch(cfg)
+    assert cfg.optim_wrapper.accumulative_counts == 4
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(SystemExit, match="not a multiple"):
+        apply_effective_batch(cfg)
+
+
+def test_missing_data_root_fails_at_start_naming_the_path(tmp_path):
+    cfg = tiny_cfg("pretrain/demo/mae_plus_vit_tiny_ape.py", tmp_path / "nowhere", tmp_path / "wd", epochs=1)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        AdPERunner.from_cfg(cfg).train()
