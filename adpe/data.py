@@ -1,0 +1,257 @@
+"""Unlabelled image data for MAE+ / AdPE pretraining.
+
+* :func:`find_images` lists the images of an ImageNet-style or flat folder (labels are ignored).
+* :class:`ImageFolderDataset` loads them with PIL, replacing unreadable or truncated files by other images.
+* :class:`MultiCropTransform` is the MAE+ recipe: several independent random-resized crops per image
+  (AdPE uses 4 crops of 112x112, scale 0.08-1, bicubic, horizontal flip).
+* :func:`multicrop_collate` stacks the per-image crop lists into one ``(B * num_crops, 3, H, W)`` tensor.
+
+Pure torch / torchvision / PIL: no OpenMMLab imports here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+try:  # keep the constants identical to timm's when it is installed
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+except ImportError:  # pragma: no cover - timm is a dependency, this is only a fallback
+    IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+    IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "IMAGENET_DEFAULT_MEAN",
+    "IMAGENET_DEFAULT_STD",
+    "ImageFolderDataset",
+    "MultiCropTransform",
+    "find_images",
+    "multicrop_collate",
+]
+
+logger = logging.getLogger("adpe.data")
+
+#: Accepted file extensions (compared case-insensitively).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+_EXPECTED_LAYOUT = (
+    "expected an ImageNet-style folder (<root>/train/<class>/*.JPEG, or <root>/<class>/*.JPEG) "
+    "or a flat folder of images with one of the extensions " + ", ".join(IMAGE_EXTENSIONS)
+    + " (case-insensitive)"
+)
+
+# Errors PIL raises for unreadable, corrupt or truncated files (UnidentifiedImageError is an OSError).
+_LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
+
+# Stride between replacement candidates: a prime, so it visits every index when it is coprime with len.
+_REPLACEMENT_STRIDE = 7919
+
+
+def find_images(root: str | os.PathLike[str]) -> list[Path]:
+    """Return the sorted paths of all images under ``root`` (recursively).
+
+    If ``root/train`` is a directory it is searched instead of ``root`` (ImageNet layout); otherwise
+    ``root`` may hold class sub-folders or be a flat folder of images. Hidden files and folders (names
+    starting with ``.``) below the search root are skipped. Symlinked folders are followed.
+
+    Raises:
+        FileNotFoundError: if ``root`` does not exist or holds no image file.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"Image folder '{root}' does not exist; {_EXPECTED_LAYOUT}.")
+    search = root / "train" if (root / "train").is_dir() else root
+    if not search.is_dir():
+        raise FileNotFoundError(f"Image folder '{root}' is not a directory; {_EXPECTED_LAYOUT}.")
+
+    images: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(search, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                images.append(Path(dirpath) / name)
+    if not images:
+        where = f"'{root}'" if search == root else f"'{search}' (the train split of '{root}')"
+        raise FileNotFoundError(f"No images found under {where}; {_EXPECTED_LAYOUT}.")
+    images.sort(key=lambda p: p.as_posix())
+    return images
+
+
+class ImageFolderDataset(Dataset):
+    """Unlabelled images found by :func:`find_images`, loaded as RGB PIL images.
+
+    ``dataset[i]`` returns ``transform(image)`` (for :class:`MultiCropTransform`: a list of ``num_crops``
+    tensors of shape ``(3, size, size)``), or the RGB ``PIL.Image`` itself when ``transform`` is None.
+
+    An unreadable or truncated file is logged once (per path and per worker process) on the
+    ``adpe.data`` logger and replaced by another image, chosen deterministically from the index
+    (``(i + k * 7919) % len`` for ``k = 1, 2, ...``); after ``max_retries`` failed replacements a
+    :class:`RuntimeError` naming the failed paths is raised.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: Callable[[Image.Image], Any] | None = None,
+        max_retries: int = 10,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.root = Path(root)
+        self.paths: list[Path] = find_images(root)
+        self.transform = transform
+        self.max_retries = max_retries
+        self.bad_paths: set[Path] = set()
+        if ImageFile.LOAD_TRUNCATED_IMAGES:
+            logger.warning(
+                "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set (by another library or script): truncated "
+                "images will load padded instead of being detected and replaced."
+            )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @staticmethod
+    def load_image(path: Path) -> Image.Image:
+        """Open ``path`` and fully decode it as RGB; truncated or corrupt files raise."""
+        with Image.open(path) as img:
+            img.load()  # decode now, so truncation raises here (LOAD_TRUNCATED_IMAGES is left unset)
+            return img.convert("RGB")
+
+    def _candidates(self, index: int) -> list[int]:
+        n = len(self.paths)
+        stride = _REPLACEMENT_STRIDE if math.gcd(_REPLACEMENT_STRIDE, n) == 1 else 1
+        return [(index + k * stride) % n for k in range(self.max_retries + 1)]
+
+    def __getitem__(self, index: int) -> Any:
+        n = len(self.paths)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} images")
+        index %= n
+        failed: list[Path] = []
+        for idx in self._candidates(index):
+            path = self.paths[idx]
+            if path in self.bad_paths:
+                if path not in failed:
+                    failed.append(path)
+                continue
+            try:
+                img = self.load_image(path)
+            except _LOAD_ERRORS as exc:
+                self.bad_paths.add(path)
+                failed.append(path)
+                logger.warning(
+                    "Skipping unreadable image %s (%s: %s); using another image instead.",
+                    path,
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            return img if self.transform is None else self.transform(img)
+        raise RuntimeError(
+            f"Could not load image {index} ('{self.paths[index]}') nor any of its {self.max_retries} "
+            f"replacement candidates; unreadable files: {', '.join(str(p) for p in failed)}"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root='{self.root}', num_images={len(self)}, "
+            f"max_retries={self.max_retries}, transform={self.transform!r})"
+        )
+
+
+class MultiCropTransform:
+    """MAE+ multi-crop augmentation: ``num_crops`` independent views of one image.
+
+    Each view is ``RandomResizedCrop(size, scale, bicubic)`` -> ``RandomHorizontalFlip`` -> ``ToTensor``
+    -> ``Normalize(mean, std)``. Calling it on a PIL image returns a list of ``num_crops`` float tensors
+    of shape ``(3, size, size)``.
+    """
+
+    def __init__(
+        self,
+        num_crops: int = 4,
+        size: int = 112,
+        scale: tuple[float, float] = (0.08, 1.0),
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    ) -> None:
+        if num_crops < 1:
+            raise ValueError(f"num_crops must be >= 1, got {num_crops}")
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.num_crops = num_crops
+        self.size = size
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        # One pipeline sampled afresh on every call, so the crops are independent draws.
+        self.crop = T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=self.scale, interpolation=InterpolationMode.BICUBIC),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
+        """Return ``num_crops`` tensors of shape ``(3, size, size)``."""
+        return [self.crop(img) for _ in range(self.num_crops)]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_crops={self.num_crops}, size={self.size}, scale={self.scale}, "
+            f"interpolation=bicubic, hflip=0.5, mean={self.mean}, std={self.std})"
+        )
+
+
+def multicrop_collate(batch: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+    """Stack a batch of per-image crop lists into one ``(B * num_crops, C, H, W)`` tensor.
+
+    Order is image-major: rows ``[i * num_crops, (i + 1) * num_crops)`` are the crops of image ``i``.
+    Every image must have the same number of crops and every crop the same shape.
+    """
+    if len(batch) == 0:
+        raise ValueError("multicrop_collate got an empty batch")
+    crops: list[torch.Tensor] = []
+    num_crops: int | None = None
+    shape: torch.Size | None = None
+    for i, item in enumerate(batch):
+        if isinstance(item, torch.Tensor) or not isinstance(item, Sequence):
+            raise TypeError(
+                f"multicrop_collate expects each batch item to be a list of crop tensors "
+                f"(e.g. from MultiCropTransform), got {type(item).__name__} for item {i}"
+            )
+        if num_crops is None:
+            num_crops = len(item)
+        elif len(item) != num_crops:
+            raise ValueError(
+                f"All images must have the same number of crops: item 0 has {num_crops}, "
+                f"item {i} has {len(item)}"
+            )
+        for j, crop in enumerate(item):
+            if not isinstance(crop, torch.Tensor):
+                raise TypeError(f"Crop {j} of item {i} is a {type(crop).__name__}, expected a torch.Tensor")
+            if shape is None:
+                shape = crop.shape
+            elif crop.shape != shape:
+                raise ValueError(
+                    f"All crops must share one shape: crop 0 of item 0 has shape {tuple(shape)}, "
+                    f"crop {j} of item {i} has shape {tuple(crop.shape)}"
+                )
+            crops.append(crop)
+    if not crops:
+        raise ValueError("multicrop_collate got images with no crops")
+    return torch.stack(crops, dim=0)

@@ -1,0 +1,262 @@
+"""Tests for adpe.data: image discovery, robust loading, the MAE+ multi-crop transform and its collate."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from adpe.data import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ImageFolderDataset,
+    MultiCropTransform,
+    find_images,
+    multicrop_collate,
+)
+
+
+def _save(
+    path: Path,
+    color: tuple[int, int, int] = (200, 30, 90),
+    size: tuple[int, int] = (24, 20),
+    fmt: str | None = None,
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format=fmt)
+    return path
+
+
+def _gradient(size: int = 48) -> Image.Image:
+    """A non-constant, non-symmetric image: every pixel differs from its mirror and neighbours."""
+    x = torch.arange(size).view(1, size).expand(size, size)
+    y = torch.arange(size).view(size, 1).expand(size, size)
+    arr = torch.stack([x * 5 % 256, y * 5 % 256, (x * 3 + y * 7) % 256], dim=-1).to(torch.uint8)
+    return Image.fromarray(arr.numpy())
+
+
+def _read_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def _data_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "adpe.data" and r.levelno == logging.WARNING]
+
+
+# --------------------------------------------------------------------------- find_images
+
+
+def test_find_images_imagenet_layout_uses_train_and_sorts(tmp_path: Path) -> None:
+    root = tmp_path / "imagenet"
+    expected = [
+        _save(root / "train" / "n01" / "a.JPEG"),
+        _save(root / "train" / "n01" / "b.jpeg", fmt="JPEG"),
+        _save(root / "train" / "n02" / "A.PNG", fmt="PNG"),
+        _save(root / "train" / "n02" / "c.webp"),
+        _save(root / "train" / "n03" / "d.tif"),
+    ]
+    _save(root / "val" / "n01" / "v.JPEG")  # not part of the train split
+    (root / "train" / "n01" / "notes.txt").write_text("not an image")
+    (root / "train" / "n01" / "labels.json").write_text("{}")
+
+    found = find_images(root)
+    assert found == sorted(expected, key=lambda p: p.as_posix())
+    assert all(isinstance(p, Path) for p in found)
+    assert not any("val" in p.parts for p in found)
+
+
+def test_find_images_class_folders_without_train(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    expected = [
+        _save(root / "cls_b" / "x.bmp"),
+        _save(root / "cls_a" / "y.jpg"),
+        _save(root / "cls_a" / "z.TIFF"),
+    ]
+    assert find_images(str(root)) == sorted(expected, key=lambda p: p.as_posix())
+
+
+def test_find_images_flat_folder_sorted_and_deterministic(tmp_path: Path) -> None:
+    names = ["img_10.jpg", "img_02.png", "IMG_01.JpG", "img_03.jpeg"]
+    for name in reversed(names):
+        _save(tmp_path / name)
+    (tmp_path / "readme.md").write_text("x")
+    found = find_images(tmp_path)
+    assert [p.name for p in found] == sorted(names)
+    assert found == find_images(tmp_path)
+
+
+def test_find_images_empty_dir_raises_with_path(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "file.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError) as err:
+        find_images(empty)
+    assert str(empty) in str(err.value)
+    assert "ImageNet" in str(err.value)
+
+
+def test_find_images_missing_path_raises_with_path(tmp_path: Path) -> None:
+    missing = tmp_path / "does" / "not" / "exist"
+    with pytest.raises(FileNotFoundError) as err:
+        find_images(missing)
+    assert str(missing) in str(err.value)
+    with pytest.raises(FileNotFoundError):
+        ImageFolderDataset(missing)
+
+
+# --------------------------------------------------------------------------- ImageFolderDataset
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    buf = io.BytesIO()
+    _gradient(64).save(buf, format="JPEG", quality=95)
+    data = buf.getvalue()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_dataset_returns_rgb_pil_without_transform(tmp_path: Path) -> None:
+    _save(tmp_path / "a.png", color=(1, 2, 3), fmt="PNG")
+    Image.new("L", (10, 12), 77).save(tmp_path / "b.png")  # greyscale: must come back as RGB
+    ds = ImageFolderDataset(tmp_path)
+    assert len(ds) == 2
+    a, b = ds[0], ds[1]
+    assert isinstance(a, Image.Image) and a.mode == "RGB" and a.getpixel((0, 0)) == (1, 2, 3)
+    assert b.mode == "RGB" and b.size == (10, 12) and b.getpixel((3, 3)) == (77, 77, 77)
+
+
+def test_dataset_replaces_bad_images_and_logs_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = [_save(tmp_path / f"good_{i}.png", color=(10 * i, 0, 0), fmt="PNG") for i in range(4)]
+    truncated = _truncated_jpeg(tmp_path / "bad_truncated.jpg")
+    garbage = tmp_path / "bad_garbage.jpg"
+    garbage.write_bytes(b"this is definitely not a jpeg" * 10)
+
+    # Sanity: the truncated file really is truncated (opens, but fails to decode).
+    with Image.open(truncated) as img, pytest.raises(OSError):
+        img.load()
+
+    ds = ImageFolderDataset(tmp_path, transform=MultiCropTransform(num_crops=2, size=8))
+    assert ds.paths.index(garbage) == 0 and ds.paths.index(truncated) == 1  # sorted: bad_* first
+    good_set = set(good)
+
+    with caplog.at_level(logging.WARNING, logger="adpe.data"):
+        for _ in range(3):  # repeated passes must not log again
+            for i in range(len(ds)):
+                crops = ds[i]
+                assert len(crops) == 2
+                for c in crops:
+                    assert c.shape == (3, 8, 8) and c.dtype == torch.float32 and torch.isfinite(c).all()
+
+    records = _data_logs(caplog)
+    logged = [r.getMessage() for r in records]
+    assert len(records) == 2, logged
+    assert sum(str(truncated) in m for m in logged) == 1
+    assert sum(str(garbage) in m for m in logged) == 1
+    assert ds.bad_paths == {truncated, garbage}
+
+    # Replacement is deterministic and is a good image.
+    plain = ImageFolderDataset(tmp_path)
+    first = plain[0]
+    assert first.tobytes() == plain[0].tobytes()
+    assert any(first.tobytes() == _read_rgb(p).tobytes() for p in good_set)
+
+
+def test_dataset_all_bad_raises_runtime_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad = [tmp_path / "x.jpg", tmp_path / "y.png"]
+    for p in bad:
+        p.write_bytes(b"\x00garbage\xff" * 8)
+    ds = ImageFolderDataset(tmp_path, max_retries=5)
+    with caplog.at_level(logging.WARNING, logger="adpe.data"), pytest.raises(RuntimeError) as err:
+        _ = ds[0]
+    msg = str(err.value)
+    assert all(str(p) in msg for p in bad)
+    assert len(_data_logs(caplog)) == 2
+    with pytest.raises(RuntimeError):  # still raises once every path is known bad, without re-logging
+        _ = ds[1]
+    assert len(_data_logs(caplog)) == 2
+
+
+def test_dataset_max_retries_zero_does_not_replace(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"garbage")
+    _save(tmp_path / "b.png", fmt="PNG")
+    ds = ImageFolderDataset(tmp_path, max_retries=0)
+    with pytest.raises(RuntimeError, match="a.jpg"):
+        _ = ds[0]
+    assert isinstance(ds[1], Image.Image)
+
+
+# --------------------------------------------------------------------------- MultiCropTransform
+
+
+def test_multicrop_shapes_and_normalisation_of_constant_image() -> None:
+    color = (200, 30, 90)
+    t = MultiCropTransform(num_crops=4, size=16)
+    crops = t(Image.new("RGB", (40, 30), color))
+    assert isinstance(crops, list) and len(crops) == 4
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    expected = (torch.tensor(color, dtype=torch.float32).view(3, 1, 1) / 255 - mean) / std
+    for c in crops:
+        assert c.shape == (3, 16, 16) and c.dtype == torch.float32
+        torch.testing.assert_close(c, expected.expand(3, 16, 16), atol=1.5 / 255 / 0.224, rtol=0)
+
+
+def test_multicrop_default_is_mae_plus_recipe() -> None:
+    t = MultiCropTransform()
+    assert (t.num_crops, t.size, t.scale) == (4, 112, (0.08, 1.0))
+    crops = t(_gradient(64))
+    assert len(crops) == 4 and all(c.shape == (3, 112, 112) for c in crops)
+    assert "num_crops=4" in repr(t) and "size=112" in repr(t) and "bicubic" in repr(t)
+    assert tuple(IMAGENET_DEFAULT_MEAN) == pytest.approx((0.485, 0.456, 0.406))
+    assert tuple(IMAGENET_DEFAULT_STD) == pytest.approx((0.229, 0.224, 0.225))
+
+
+def test_multicrop_crops_are_independent_and_seeded() -> None:
+    img = _gradient(64)
+    t = MultiCropTransform(num_crops=4, size=16)
+    torch.manual_seed(0)
+    crops = t(img)
+    for i in range(len(crops)):
+        for j in range(i + 1, len(crops)):
+            assert not torch.equal(crops[i], crops[j]), (i, j)
+    torch.manual_seed(0)
+    again = t(img)
+    assert all(torch.equal(a, b) for a, b in zip(crops, again, strict=True))
+
+
+# --------------------------------------------------------------------------- multicrop_collate
+
+
+def test_multicrop_collate_is_image_major() -> None:
+    g = torch.Generator().manual_seed(0)
+    batch = [[torch.randn(3, 5, 5, generator=g) for _ in range(3)] for _ in range(2)]
+    out = multicrop_collate(batch)
+    assert out.shape == (6, 3, 5, 5)
+    expected = torch.cat([c.unsqueeze(0) for item in batch for c in item], dim=0)
+    assert torch.equal(out, expected)
+    assert torch.equal(out[3], batch[1][0])  # image 1's first crop follows image 0's three crops
+
+
+def test_multicrop_collate_with_dataloader(tmp_path: Path) -> None:
+    for i in range(3):
+        _save(tmp_path / f"{i}.png", color=(i, 2 * i, 3 * i), fmt="PNG")
+    ds = ImageFolderDataset(tmp_path, transform=MultiCropTransform(num_crops=2, size=8))
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=multicrop_collate)
+    (out,) = list(loader)
+    assert out.shape == (6, 3, 8, 8)
+
+
+def test_multicrop_collate_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        multicrop_collate([[torch.zeros(3, 4, 4)] * 2, [torch.zeros(3, 4, 4), torch.zeros(3, 5, 4)]])
+    with pytest.raises(ValueError, match="number of crops"):
+        multicrop_collate([[torch.zeros(3, 4, 4)] * 2, [torch.zeros(3, 4, 4)] * 3])
+    with pytest.raises(ValueError, match="empty"):
+        multicrop_collate([])
+    with pytest.raises(TypeError):
+        multicrop_collate([torch.zeros(2, 3, 4, 4)])
