@@ -242,7 +242,7 @@ class MaskedAutoencoder(nn.Module):
             x = self.embed_visible(imgs, ids_keep)
         else:
             x = self.embed_masked(imgs, mask)
-        for block, rel_pos in zip(self.blocks, self._stack_rel_pos(mask, "encoder", len(self.blocks))):
+        for block, rel_pos in zip(self.blocks, self._stack_rel_pos(mask, "encoder", len(self.blocks)), strict=True):
             x = block(x, rel_pos)
         return self.norm(x)
 
@@ -257,7 +257,7 @@ class MaskedAutoencoder(nn.Module):
             x = torch.cat([x[:, :1], patches], dim=1)
         x = x + self.decoder_pos_embed
         for block, rel_pos in zip(
-            self.decoder_blocks, self._stack_rel_pos(mask, "decoder", len(self.decoder_blocks))
+            self.decoder_blocks, self._stack_rel_pos(mask, "decoder", len(self.decoder_blocks)), strict=True
         ):
             x = block(x, rel_pos)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]

@@ -34,7 +34,16 @@ class RelPos:
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, rpe: bool = False):
+    """Multi-head self-attention through SDPA; relative terms enter as one additive logit mask.
+
+    Args:
+        rpe: own an iRPE table (``rpe_k``), read through the ``RelPos`` given to ``forward``.
+        rel_bias: a module ``(q, grid) -> logits`` (learned bias of ``adpe.rel_bias``), or None.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, rpe: bool = False, rel_bias: nn.Module | None = None
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
@@ -43,6 +52,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.rpe_k = KeyRPE(self.head_dim) if rpe else None
+        self.rel_bias = rel_bias
 
     def relative_logits(self, q: Tensor, rel_pos: RelPos) -> Tensor:
         """q: (B, H, N, head_dim) -> additive logits (B, H, N, N).
@@ -57,8 +67,8 @@ class Attention(nn.Module):
             logits = logits + (row_gain * rel_pos.query_mask[:, None].to(q.dtype))[..., None]
         return logits
 
-    def forward(self, x: Tensor, rel_pos: RelPos | None = None) -> Tensor:
-        """x: (B, N, C) -> (B, N, C)."""
+    def forward(self, x: Tensor, rel_pos: RelPos | None = None, grid: tuple[int, int] | None = None) -> Tensor:
+        """x: (B, N, C) -> (B, N, C); ``grid`` is the (h, w) patch grid that ``rel_bias`` needs."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias = None
@@ -66,12 +76,19 @@ class Attention(nn.Module):
             if rel_pos is None:
                 raise ValueError("this attention layer has an iRPE table and needs a RelPos input")
             bias = self.relative_logits(q, rel_pos)
+        if self.rel_bias is not None:
+            extra = self.rel_bias(q, grid)
+            bias = extra if bias is None else bias + extra
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+    With ``window_size > 0`` attention runs inside non-overlapping windows of the (h, w) token grid (ViTDet;
+    the grid is padded to a multiple of the window); the input then holds grid tokens only, no cls token.
+    """
 
     def __init__(
         self,
@@ -81,17 +98,49 @@ class Block(nn.Module):
         qkv_bias: bool = True,
         drop_path: float = 0.0,
         rpe: bool = False,
+        rel_bias: nn.Module | None = None,
+        window_size: int = 0,
     ):
         super().__init__()
+        self.window_size = window_size
         self.norm1 = LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rpe=rpe)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rpe=rpe, rel_bias=rel_bias)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, x: Tensor, rel_pos: RelPos | None = None) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), rel_pos))
+    def forward(self, x: Tensor, rel_pos: RelPos | None = None, grid: tuple[int, int] | None = None) -> Tensor:
+        """x: (B, N, C); ``grid`` (h, w) is required for windowed blocks and learned relative biases."""
+        y = self.norm1(x)
+        if self.window_size:
+            b, _, c = y.shape
+            windows, padded = window_partition(y.reshape(b, *grid, c), self.window_size)
+            y = self.attn(windows, rel_pos, (self.window_size, self.window_size))
+            y = window_unpartition(y, self.window_size, padded, grid).reshape(b, -1, c)
+        else:
+            y = self.attn(y, rel_pos, grid)
+        x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def window_partition(x: Tensor, window: int) -> tuple[Tensor, tuple[int, int]]:
+    """(B, h, w, C) -> windows (B * nh * nw, window * window, C), zero-padding h, w up to multiples of
+    ``window``; also returns the padded (h, w)."""
+    b, h, w, c = x.shape
+    pad_h, pad_w = (-h) % window, (-w) % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.reshape(b, hp // window, window, wp // window, window, c).transpose(2, 3)
+    return x.reshape(-1, window * window, c), (hp, wp)
+
+
+def window_unpartition(windows: Tensor, window: int, padded: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+    """Inverse of ``window_partition``: (B * nh * nw, window * window, C) -> (B, h, w, C), padding removed."""
+    (hp, wp), (h, w) = padded, grid
+    c = windows.shape[-1]
+    x = windows.reshape(-1, hp // window, wp // window, window, window, c).transpose(2, 3)
+    return x.reshape(-1, hp, wp, c)[:, :h, :w]
 
 
 def init_mae_weights(module: nn.Module) -> None:

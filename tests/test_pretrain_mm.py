@@ -13,9 +13,11 @@ pytestmark = pytest.mark.mm
 
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import MODELS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
-from tools.train import AdPERunner, apply_effective_batch, build_config, parse_args  # noqa: E402
+from adpe.checkpoint import load_checkpoint_file  # noqa: E402
+from tools.train import apply_effective_batch, build_config, parse_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_CONFIGS = sorted(p for p in (ROOT / "pretrain").rglob("*.py") if not p.name.startswith("_"))
@@ -69,7 +71,7 @@ def test_short_run_lowers_loss_and_logs_adversary(image_folder, tmp_path):
     cfg = tiny_cfg("pretrain/demo/adpe_vit_tiny_ape_coord.py", image_folder, tmp_path, epochs=6)
     cfg.optim_wrapper.optimizer.lr = 2e-3
     cfg.param_scheduler = []
-    runner = AdPERunner.from_cfg(cfg)
+    runner = Runner.from_cfg(cfg)
     runner.train()
     losses = logged(tmp_path, "loss")
     assert len(losses) == 24
@@ -77,7 +79,7 @@ def test_short_run_lowers_loss_and_logs_adversary(image_folder, tmp_path):
     adv_norm, adv_lr = logged(tmp_path, "adv_norm"), logged(tmp_path, "adv_lr")
     assert len(adv_norm) == 24 and max(adv_norm) <= 1.0 + 1e-6 and max(adv_norm) > 0
     assert adv_lr[0] == pytest.approx(1.5e-3)
-    ckpt = torch.load(tmp_path / "epoch_6.pth", weights_only=False)
+    ckpt = load_checkpoint_file(tmp_path / "epoch_6.pth")
     assert "mae.adversary.position" in ckpt["state_dict"]
     groups = ckpt["optimizer"]["param_groups"]
     assert groups[-1]["adversary"] and groups[-1]["maximize"] and groups[-1]["weight_decay"] == 0.0
@@ -85,22 +87,22 @@ def test_short_run_lowers_loss_and_logs_adversary(image_folder, tmp_path):
 
 def test_resumed_run_matches_uninterrupted_run(image_folder, tmp_path):
     config = "pretrain/demo/adpe_vit_tiny_rpe_coord.py"
-    AdPERunner.from_cfg(tiny_cfg(config, image_folder, tmp_path / "straight", epochs=2)).train()
-    AdPERunner.from_cfg(tiny_cfg(config, image_folder, tmp_path / "stopped", epochs=1)).train()
-    AdPERunner.from_cfg(tiny_cfg(config, image_folder, tmp_path / "stopped", epochs=2)).train()  # auto-resume
+    Runner.from_cfg(tiny_cfg(config, image_folder, tmp_path / "straight", epochs=2)).train()
+    Runner.from_cfg(tiny_cfg(config, image_folder, tmp_path / "stopped", epochs=1)).train()
+    Runner.from_cfg(tiny_cfg(config, image_folder, tmp_path / "stopped", epochs=2)).train()  # auto-resume
     straight = logged(tmp_path / "straight", "loss")
     resumed = logged(tmp_path / "stopped", "loss")
     assert len(straight) == len(resumed) == 8
     assert resumed == pytest.approx(straight, abs=1e-6)
-    a = torch.load(tmp_path / "straight/epoch_2.pth", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "stopped/epoch_2.pth", weights_only=False)["state_dict"]
+    a = load_checkpoint_file(tmp_path / "straight/epoch_2.pth")["state_dict"]
+    b = load_checkpoint_file(tmp_path / "stopped/epoch_2.pth")["state_dict"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 def test_bf16_autocast_wrapper_on_cpu(image_folder, tmp_path):
     cfg = tiny_cfg("pretrain/demo/mae_plus_vit_tiny_ape.py", image_folder, tmp_path, epochs=1, amp=True)
     assert cfg.optim_wrapper.type == ("AmpOptimWrapper" if torch.cuda.is_available() else "AutocastOptimWrapper")
-    runner = AdPERunner.from_cfg(cfg)
+    runner = Runner.from_cfg(cfg)
     wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)
     with wrapper.optim_context(runner.model):
         out = runner.model.mae.blocks[0].mlp.fc1(torch.randn(2, 192))
@@ -122,4 +124,4 @@ def test_effective_batch_sets_accumulation_and_rejects_uneven_split(monkeypatch)
 def test_missing_data_root_fails_at_start_naming_the_path(tmp_path):
     cfg = tiny_cfg("pretrain/demo/mae_plus_vit_tiny_ape.py", tmp_path / "nowhere", tmp_path / "wd", epochs=1)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        AdPERunner.from_cfg(cfg).train()
+        Runner.from_cfg(cfg).train()

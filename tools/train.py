@@ -16,8 +16,9 @@ from mmengine.config import Config, DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the checkout, when not installed
 
-import adpe.mm  # noqa: E402  (registers the suite's modules)
-from adpe.mm.engine import AdPERunner  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+import adpe.mm  # noqa: E402,F401  (registers the suite's modules)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -87,7 +88,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv=None) -> None:
     cfg = build_config(parse_args(argv))
-    runner = AdPERunner.from_cfg(cfg)
+    runner = Runner.from_cfg(cfg)
     runner.train()
 
 

@@ -6,14 +6,16 @@
   renamed, so a run killed while saving never leaves a truncated checkpoint behind.
 * ``RandomStateHook``: random generators saved with each checkpoint, so a resumed run draws what an
   uninterrupted one would.
-* ``AdPERunner``: mmengine's Runner whose resume loads the suite's own checkpoints through
-  ``adpe.checkpoint.load_trusted_training_checkpoint`` (mmengine 0.10.7 calls torch.load without
-  ``weights_only``, which fails on torch >= 2.6). Loading pretrained weights keeps ``weights_only=True``.
+* mmengine 0.10.7 calls torch.load without ``weights_only``: on torch >= 2.6 resuming fails on the log
+  history (``HistoryBuffer``, pickled with ``getattr(HistoryBuffer, 'min')`` and friends). We allow-list
+  that class and a ``getattr`` restricted to exactly those attributes, plus adpe.checkpoint's release
+  classes, so every checkpoint still loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from contextlib import contextmanager
@@ -23,14 +25,11 @@ import numpy as np
 import torch
 from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
 from mmengine.optim import OptimWrapper
-from mmengine.registry import HOOKS, OPTIM_WRAPPERS, RUNNERS
-from mmengine.runner import Runner
-from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.registry import HOOKS, OPTIM_WRAPPERS
 
-from adpe.checkpoint import load_trusted_training_checkpoint
-
-TRUSTED_PREFIX = "adpe-trusted://"
+from adpe.checkpoint import TRAINING_CHECKPOINT_GLOBALS
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -83,17 +82,19 @@ class AtomicLocalBackend(LocalBackend):
 register_backend("local", AtomicLocalBackend, force=True, prefixes="")
 
 
-@CheckpointLoader.register_scheme(prefixes=TRUSTED_PREFIX)
-def _load_own_checkpoint(filename: str, map_location=None) -> dict:
-    return load_trusted_training_checkpoint(filename[len(TRUSTED_PREFIX):], map_location=map_location)
+def _history_buffer_getattr(obj, name: str):
+    """The only ``getattr`` a checkpoint may call: HistoryBuffer's statistics methods."""
+    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f"checkpoint asks for getattr({obj!r}, {name!r}), which is not allowed")
 
 
-@RUNNERS.register_module()
-class AdPERunner(Runner):
-    """mmengine's Runner; resuming reads the work dir's own checkpoints with the trusted loader."""
-
-    def resume(self, filename: str, *args, **kwargs) -> None:
-        super().resume(TRUSTED_PREFIX + str(filename), *args, **kwargs)
+torch.serialization.add_safe_globals([
+    *TRAINING_CHECKPOINT_GLOBALS,
+    HistoryBuffer,
+    (_history_buffer_getattr, "builtins.getattr"),
+    (_history_buffer_getattr, "__builtin__.getattr"),
+])
 
 
 @HOOKS.register_module()

@@ -1,0 +1,194 @@
+"""ViT backbone for transfer: segmentation (UperNet) and detection (ViTDet-style Mask R-CNN) modes.
+
+Parameter names match the pretraining model and MAE / AdPE releases (``patch_embed.proj``, ``cls_token``,
+``pos_embed``, ``blocks.N.*``, ``blocks.N.attn.rpe_k.lookup_table_weight``), so converted checkpoints load
+strictly.
+
+* seg mode: cls token kept through the blocks; the maps of ``out_indices`` blocks are returned.
+* det mode: no cls token; window attention with a few global blocks; the last block's map is returned
+  (stride 16) for a simple feature pyramid.
+Positions: the sin-cos APE (a learnable table, resampled bicubically to the input grid), plus optionally
+``rel_pos='bias'`` (zero-initialised learned biases: BEiT-style in seg mode, ViTDet's decomposed one in det
+mode) or ``rel_pos='irpe'`` (the pretrained iRPE tables, discrete or continuous lookup).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from timm.layers import PatchEmbed, resample_abs_pos_embed
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from adpe.mae import SIZES, ViTSize
+from adpe.pos_embed import sincos_2d_table
+from adpe.rel_bias import DecomposedRelPos, RelPosBias
+from adpe.rpe import continuous_lookup, discrete_lookup, grid_offsets
+from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class ViTBackbone(nn.Module):
+    """ViT-{tiny,base,large,huge} backbone.
+
+    Args:
+        size: a key of ``adpe.mae.SIZES``.
+        img_size: training input (h, w): sets the stored APE grid and the grids of learned biases.
+        mode: 'seg' or 'det' (see the module docstring).
+        out_indices: blocks whose outputs are returned (seg mode; det mode returns the last block).
+        rel_pos: 'none', 'bias' or 'irpe'; rpe_lookup: 'discrete' or 'continuous' (models pretrained in RPE
+            coordinate mode use 'continuous').
+        window_size, global_blocks: det mode window attention (0 = all global).
+        drop_path_rate: stochastic depth, increasing linearly to this value over the blocks.
+        use_checkpoint: activation checkpointing of every block while training (saves memory).
+        final_norm: apply the final LayerNorm to the returned maps' last block.
+    """
+
+    def __init__(
+        self,
+        size: str = "base",
+        *,
+        img_size: int | tuple[int, int] = 512,
+        in_chans: int = 3,
+        mode: Literal["seg", "det"] = "seg",
+        out_indices: tuple[int, ...] = (3, 5, 7, 11),
+        rel_pos: Literal["none", "bias", "irpe"] = "none",
+        rpe_lookup: Literal["discrete", "continuous"] = "discrete",
+        window_size: int = 0,
+        global_blocks: tuple[int, ...] = (),
+        drop_path_rate: float = 0.0,
+        use_checkpoint: bool = False,
+        final_norm: bool = False,
+        mlp_ratio: float = 4.0,
+        **size_overrides,
+    ):
+        super().__init__()
+        if size not in SIZES:
+            raise ValueError(f"unknown backbone size {size!r}; choose one of {sorted(SIZES)}")
+        if mode not in ("seg", "det") or rel_pos not in ("none", "bias", "irpe"):
+            raise ValueError(f"mode must be 'seg'/'det' and rel_pos 'none'/'bias'/'irpe', got {mode!r}/{rel_pos!r}")
+        if rpe_lookup not in ("discrete", "continuous"):
+            raise ValueError(f"rpe_lookup must be 'discrete' or 'continuous', got {rpe_lookup!r}")
+        dims = ViTSize(**{**SIZES[size].__dict__, **size_overrides})
+        self.dims, self.mode, self.rel_pos, self.rpe_lookup = dims, mode, rel_pos, rpe_lookup
+        self.embed_dim, self.patch_size = dims.embed_dim, dims.patch_size
+        img_size = _pair(img_size)
+        self.grid = (img_size[0] // dims.patch_size, img_size[1] // dims.patch_size)
+        self.out_indices = tuple(out_indices) if mode == "seg" else (dims.depth - 1,)
+        if any(not 0 <= i < dims.depth for i in self.out_indices):
+            raise ValueError(f"out_indices {self.out_indices} must lie in [0, {dims.depth})")
+        self.use_checkpoint = use_checkpoint
+
+        self.patch_embed = PatchEmbed(img_size, dims.patch_size, in_chans, dims.embed_dim, strict_img_size=False)
+        if mode == "seg":
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dims.embed_dim))
+        self.pos_embed = nn.Parameter(sincos_2d_table(*self.grid, dims.embed_dim)[None])
+        rates = torch.linspace(0, drop_path_rate, dims.depth).tolist()
+        self.blocks = nn.ModuleList(
+            self._block(i, rates[i], mlp_ratio, window_size, global_blocks) for i in range(dims.depth)
+        )
+        self.norm = LayerNorm(dims.embed_dim) if final_norm else None
+        self.apply(init_mae_weights)
+        if mode == "seg":
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    def _block(self, index, drop_path, mlp_ratio, window_size, global_blocks) -> Block:
+        dims = self.dims
+        windowed = self.mode == "det" and window_size > 0 and index not in global_blocks
+        grid = (window_size, window_size) if windowed else self.grid
+        rel_bias = None
+        if self.rel_pos == "bias":
+            rel_bias = (RelPosBias(grid, dims.num_heads) if self.mode == "seg"
+                        else DecomposedRelPos(grid, dims.embed_dim // dims.num_heads))
+        return Block(dims.embed_dim, dims.num_heads, mlp_ratio, drop_path=drop_path,
+                     rpe=self.rel_pos == "irpe", rel_bias=rel_bias, window_size=window_size if windowed else 0)
+
+    # ---------------------------------------------------------------- capabilities for optimisers
+    @property
+    def num_layers(self) -> int:
+        """Layer-decay depth: the stem is layer 0, block i is layer i + 1, the rest is layer depth + 1."""
+        return self.dims.depth + 2
+
+    def layer_depth(self, name: str) -> int:
+        """Layer id of the parameter ``name`` (relative to this module)."""
+        if name.startswith(("patch_embed", "cls_token", "pos_embed")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.num_layers - 1
+
+    def no_weight_decay(self) -> set[str]:
+        """Position parameters that must not be decayed (1-D parameters are handled by the optimiser)."""
+        return {n for n, _ in self.named_parameters()
+                if n in ("pos_embed", "cls_token") or "rpe_k" in n or "rel_bias" in n}
+
+    # ---------------------------------------------------------------- forward
+    def _positions(self, grid: tuple[int, int]) -> Tensor:
+        """The APE table resampled (bicubic) to ``grid``: (1, 1 + h*w, D)."""
+        return resample_pos_embed(self.pos_embed, self.grid, grid)
+
+    def _irpe_inputs(self, grid: tuple[int, int], device) -> dict[tuple[int, int], RelPos]:
+        """One iRPE lookup per attention grid in use (global grid, window grid), cls bucket in seg mode."""
+        grids = {grid} | {(b.window_size, b.window_size) for b in self.blocks if b.window_size}
+        with_cls = self.mode == "seg"
+        inputs = {}
+        for h, w in grids:
+            if self.rpe_lookup == "discrete":
+                lookup = discrete_lookup(h, w, cls_token=with_cls, device=device)
+            else:
+                lookup = continuous_lookup(grid_offsets(h, w, device=device)[None], cls_token=with_cls)
+            inputs[(h, w)] = RelPos(lookup)
+        return inputs
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """x: (B, C, H, W) with H, W multiples of the patch size -> maps (B, D, H/p, W/p), one per output."""
+        b, _, height, width = x.shape
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"input {height}x{width} is not a multiple of the patch size {self.patch_size}")
+        grid = (height // self.patch_size, width // self.patch_size)
+        pos = self._positions(grid)
+        x = self.patch_embed(x) + pos[:, 1:]
+        if self.mode == "seg":
+            x = torch.cat([(self.cls_token + pos[:, :1]).expand(b, -1, -1), x], dim=1)
+        irpe = self._irpe_inputs(grid, x.device) if self.rel_pos == "irpe" else {}
+        outputs = []
+        for index, block in enumerate(self.blocks):
+            block_grid = (block.window_size, block.window_size) if block.window_size else grid
+            rel_pos = irpe.get(block_grid)
+            if self.use_checkpoint and self.training:
+                x = checkpoint(block, x, rel_pos, grid, use_reentrant=False)
+            else:
+                x = block(x, rel_pos, grid)
+            if index in self.out_indices:
+                y = self.norm(x) if self.norm is not None and index == len(self.blocks) - 1 else x
+                y = y[:, 1:] if self.mode == "seg" else y
+                outputs.append(y.transpose(1, 2).reshape(b, self.embed_dim, *grid))
+        return tuple(outputs)
+
+
+def block_outputs(backbone: ViTBackbone, x: Tensor) -> list[Tensor]:
+    """Every block's token output (cls first in seg mode), for parity checks: list of (B, N, D)."""
+    saved = backbone.out_indices
+    captured: list[Tensor] = []
+    hooks = [blk.register_forward_hook(lambda _m, _i, out: captured.append(out)) for blk in backbone.blocks]
+    try:
+        backbone.out_indices = ()
+        backbone(x)
+    finally:
+        backbone.out_indices = saved
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+def resample_pos_embed(table: Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
+    """Resample a (1, 1 + h*w, D) APE table from ``grid`` to ``new_grid`` (bicubic, as MAE and mmseg do)."""
+    if tuple(grid) == tuple(new_grid):
+        return table
+    return resample_abs_pos_embed(table, list(new_grid), list(grid), num_prefix_tokens=1,
+                                  interpolation="bicubic", antialias=False)
+
