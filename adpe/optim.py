@@ -50,3 +50,40 @@ def pretrain_param_groups(
             "adv_radius": adversary.radius,
         })
     return groups
+
+
+def layer_decay_param_groups(
+    model: nn.Module,
+    backbone: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    decay_rate: float,
+    backbone_prefix: str = "backbone.",
+) -> list[dict]:
+    """Layer-wise lr decay (BEiT / MAE fine-tuning): lr x decay_rate ** (num_layers - 1 - layer_id).
+
+    ``backbone`` supplies ``num_layers``, ``layer_depth(name)`` and ``no_weight_decay()`` (names relative to
+    it); parameters outside it (neck, heads) sit in the top layer (scale 1). Biases and 1-D parameters and
+    the backbone's no-weight-decay set are not decayed. One group per (layer, decay) pair, each recording its
+    ``layer_id`` and ``lr_scale``.
+    """
+    top = backbone.num_layers - 1
+    skip_decay = backbone.no_weight_decay()
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        in_backbone = name.startswith(backbone_prefix)
+        local = name[len(backbone_prefix):] if in_backbone else name
+        layer_id = backbone.layer_depth(local) if in_backbone else top
+        decays = not (param.ndim <= 1 or name.endswith(".bias") or (in_backbone and local in skip_decay))
+        key = (layer_id, decays)
+        if key not in groups:
+            scale = decay_rate ** (top - layer_id)
+            groups[key] = {"name": f"layer_{layer_id}_{'decay' if decays else 'no_decay'}", "params": [],
+                           "param_names": [], "layer_id": layer_id, "lr_scale": scale, "lr": lr * scale,
+                           "weight_decay": weight_decay if decays else 0.0}
+        groups[key]["params"].append(param)
+        groups[key]["param_names"].append(name)
+    return [groups[k] for k in sorted(groups)]

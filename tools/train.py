@@ -19,6 +19,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the check
 from mmengine.runner import Runner  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401  (registers the suite's modules)
+from adpe.mm.transfer import resolve_auto_backbone  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,13 +59,15 @@ def apply_effective_batch(cfg: Config) -> None:
           f" x {target // per_step} accumulation steps")
 
 
-def apply_amp(cfg: Config) -> None:
+def apply_amp(cfg: Config, requested: bool) -> None:
+    """--amp, or a config asking for mmengine's AmpOptimWrapper: fp16/bf16 AMP on GPU, bf16 autocast on CPU
+    (mmengine's AmpOptimWrapper asserts a GPU)."""
     wrapper = cfg.optim_wrapper
-    if torch.cuda.is_available():
+    if requested:
         wrapper.type = "AmpOptimWrapper"
-        wrapper.setdefault("loss_scale", "dynamic")
-    else:
+    if wrapper.get("type") == "AmpOptimWrapper" and not torch.cuda.is_available():
         wrapper.type = "AutocastOptimWrapper"
+        wrapper.pop("loss_scale", None)
         wrapper.dtype = "bfloat16"
 
 
@@ -78,8 +81,8 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
-    if args.amp:
-        apply_amp(cfg)
+    apply_amp(cfg, args.amp)
+    resolve_auto_backbone(cfg)
     if not torch.cuda.is_available():  # NCCL needs GPUs; CPU process groups use gloo
         cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "gloo"
     apply_effective_batch(cfg)

@@ -1,0 +1,121 @@
+"""Transfer modules for mmseg / mmdet: the AdPE ViT backbone, its layer-decay optimiser constructor."""
+
+from __future__ import annotations
+
+import copy
+
+from mmengine.logging import print_log
+from mmengine.model import BaseModule, is_model_wrapper
+from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
+
+from adpe.backbone import ViTBackbone
+from adpe.checkpoint import checkpoint_variant, fit_to_backbone, load_checkpoint_file, to_backbone_state
+from adpe.optim import layer_decay_param_groups
+
+
+@MODELS.register_module()
+class AdPEViT(ViTBackbone, BaseModule):
+    """``adpe.backbone.ViTBackbone`` for mmseg and mmdet configs, with strict pretrained loading.
+
+    ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` accepts this suite's pretraining checkpoints, the
+    official MAE and AdPE releases and exported backbones; decoder, mask token and adversary weights are
+    dropped on purpose (and logged), any other mismatch is an error listing the keys.
+
+    ``rel_pos='auto'`` uses the checkpoint's iRPE tables when it has them and a zero-initialised learned
+    bias otherwise; ``rpe_lookup='auto'`` follows the checkpoint's pretraining (continuous for RPE coordinate
+    mode). Without a checkpoint 'auto' means 'bias' and 'discrete'.
+    """
+
+    def __init__(self, rel_pos: str = "auto", rpe_lookup: str = "auto", init_cfg: dict | None = None, **kwargs):
+        self._pretrained = None
+        checkpoint_path = (init_cfg or {}).get("checkpoint") if (init_cfg or {}).get("type") == "Pretrained" else None
+        variant = {"position": "ape", "rpe_lookup": "discrete"}
+        if checkpoint_path:
+            self._pretrained = load_checkpoint_file(checkpoint_path)
+            variant = checkpoint_variant(self._pretrained)
+        if rel_pos == "auto":
+            rel_pos = "irpe" if variant["position"] == "rpe" else "bias"
+        if rpe_lookup == "auto":
+            rpe_lookup = variant["rpe_lookup"]
+        ViTBackbone.__init__(self, rel_pos=rel_pos, rpe_lookup=rpe_lookup, **kwargs)
+        self.init_cfg = copy.deepcopy(init_cfg)
+        self._checkpoint_path = checkpoint_path
+
+    def init_weights(self) -> None:
+        if self._pretrained is None:
+            return  # the backbone initialised itself (MAE's scheme) at construction
+        state, dropped = to_backbone_state(self._pretrained)
+        state, adapted = fit_to_backbone(state, self)
+        self.load_state_dict(state, strict=False)  # fit_to_backbone has checked every key already
+        reasons = {**dropped, **adapted}
+        summary = ", ".join(sorted({f"{why} ({sum(r == why for r in reasons.values())} keys)"
+                                    for why in reasons.values()}))
+        print_log(f"AdPEViT: loaded {len(state)} tensors from {self._checkpoint_path} "
+                  f"(rel_pos={self.rel_pos}, rpe_lookup={self.rpe_lookup}); dropped on purpose: {summary or 'none'}",
+                  logger="current")
+        self._pretrained = None
+        self._is_init = True
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class AdPELayerDecayConstructor:
+    """Layer-wise lr decay driven by the backbone's own ``layer_depth`` / ``no_weight_decay``.
+
+    ``paramwise_cfg=dict(layer_decay_rate=0.65)``; the model must expose the backbone as ``model.backbone``.
+    """
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None):
+        self.optim_wrapper_cfg = copy.deepcopy(dict(optim_wrapper_cfg))
+        paramwise_cfg = dict(paramwise_cfg or {})
+        if set(paramwise_cfg) != {"layer_decay_rate"}:
+            raise ValueError("AdPELayerDecayConstructor takes paramwise_cfg=dict(layer_decay_rate=...), got "
+                             f"{sorted(paramwise_cfg)}")
+        self.decay_rate = float(paramwise_cfg["layer_decay_rate"])
+
+    def __call__(self, model):
+        model = model.module if is_model_wrapper(model) else model
+        backbone = getattr(model, "backbone", None)
+        if backbone is None or not hasattr(backbone, "layer_depth"):
+            raise TypeError(f"{type(model).__name__}.backbone must provide layer_depth()/no_weight_decay() "
+                            "(use type='AdPEViT') for layer-wise lr decay")
+        wrapper_cfg = copy.deepcopy(self.optim_wrapper_cfg)
+        wrapper_cfg.setdefault("type", "OptimWrapper")
+        optimizer_cfg = wrapper_cfg.pop("optimizer")
+        groups = layer_decay_param_groups(model, backbone, lr=optimizer_cfg["lr"],
+                                          weight_decay=optimizer_cfg.get("weight_decay", 0.0),
+                                          decay_rate=self.decay_rate)
+        for group in groups:
+            group.pop("param_names")
+        optimizer = OPTIMIZERS.build({**optimizer_cfg, "params": groups})
+        return OPTIM_WRAPPERS.build(wrapper_cfg, default_args={"optimizer": optimizer})
+
+
+def resolve_auto_backbone(cfg) -> None:
+    """Write the concrete ``rel_pos`` / ``rpe_lookup`` of an AdPEViT backbone into ``cfg`` (in place).
+
+    'auto' follows the pretrained checkpoint; resolving it before training puts the concrete choice in the
+    work dir's config and in every checkpoint's meta, which ``tools/test.py`` reads back.
+    """
+    backbone = cfg.get("model", {}).get("backbone", {})
+    if backbone.get("type") != "AdPEViT" or "auto" not in (backbone.get("rel_pos"), backbone.get("rpe_lookup")):
+        return
+    init_cfg = backbone.get("init_cfg") or {}
+    variant = {"position": "ape", "rpe_lookup": "discrete"}
+    if init_cfg.get("type") == "Pretrained" and init_cfg.get("checkpoint"):
+        variant = checkpoint_variant(load_checkpoint_file(init_cfg["checkpoint"]))
+    if backbone.get("rel_pos") == "auto":
+        backbone["rel_pos"] = "irpe" if variant["position"] == "rpe" else "bias"
+    if backbone.get("rpe_lookup") == "auto":
+        backbone["rpe_lookup"] = variant["rpe_lookup"]
+
+
+def backbone_settings_of_trained(ckpt: dict) -> dict[str, str]:
+    """rel_pos / rpe_lookup of a fine-tuned mmseg / mmdet checkpoint, from its weights and saved config."""
+    state = ckpt.get("state_dict", ckpt)
+    if any("rpe_k.lookup_table_weight" in k for k in state):
+        rel_pos = "irpe"
+    elif any(".rel_bias." in k for k in state):
+        rel_pos = "bias"
+    else:
+        rel_pos = "none"
+    return {"rel_pos": rel_pos, "rpe_lookup": checkpoint_variant(ckpt)["rpe_lookup"]}

@@ -1,0 +1,41 @@
+# Tiny UperNet for the demo and tests: tiny ViT (192-d, 4 blocks) on the generated ADE20K-format folder
+# (data/demo/ade20k, 128^2 images, labels in ADE's 150-class space). Same pieces as the ViT-B recipe.
+_base_ = ['./upernet_adpe_vitb.py']
+data_root = 'data/demo/ade20k'
+crop_size = (128, 128)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(size='tiny', img_size=crop_size, out_indices=(0, 1, 2, 3), drop_path_rate=0.0),
+    neck=dict(embed_dim=192),
+    decode_head=dict(in_channels=[192, 192, 192, 192], channels=64),
+    auxiliary_head=dict(in_channels=192, channels=32),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(85, 85)),
+)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(256, 128), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(256, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(batch_size=8, num_workers=2,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(batch_size=1, num_workers=1, dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(lr=1e-3))
+max_iters = 300
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=30, end=max_iters, by_epoch=False),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=100)
+default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=100, max_keep_ckpts=1),
+                     visualization=dict(type='SegVisualizationHook', draw=False))
+env_cfg = dict(dist_cfg=dict(backend='gloo'))

@@ -1,0 +1,6 @@
+# The MAE baseline row: the same recipe for an official MAE ViT-B checkpoint (mae_pretrain_vit_base.pth),
+# with mmseg's MAE lr 1e-4 and relative position bias (mmseg reports 48.13 mIoU).
+#   tools/dist_train.sh benchmarks/ade20k/upernet_mae_vitb.py 8 --cfg-options model.backbone.init_cfg.checkpoint=PATH
+_base_ = ['./upernet_adpe_vitb.py']
+model = dict(backbone=dict(rel_pos='bias'))
+optim_wrapper = dict(optimizer=dict(lr=1e-4))
