@@ -102,3 +102,21 @@ def test_env_report_names_every_component():
                          cwd=ROOT).stdout
     for key in ("torch", "mmcv.ops", "mmseg", "mmdet", "device", "threads"):
         assert f"{key}:" in out
+
+
+@pytest.mark.mm
+def test_mmengine_training_checkpoint_loads_with_weights_only_in_a_fresh_process(tmp_path):
+    """HistoryBuffer is pickled with getattr(HistoryBuffer, 'min'): allowed, and nothing else is."""
+    code = f"""
+import torch
+from mmengine.logging import MessageHub
+hub = MessageHub.get_instance('t')
+hub.update_scalar('train/loss', 1.0)
+torch.save({{'message_hub': hub.state_dict(), 'state_dict': {{}}}}, {str(tmp_path / 'ckpt.pth')!r})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    load = ("import adpe.mm; from adpe.checkpoint import load_checkpoint_file; "
+            f"print(type(load_checkpoint_file({str(tmp_path / 'ckpt.pth')!r})['message_hub']['log_scalars']"
+            "['train/loss']).__name__)")
+    out = subprocess.run([sys.executable, "-c", load], check=True, cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "HistoryBuffer"

@@ -84,7 +84,8 @@ register_backend("local", AtomicLocalBackend, force=True, prefixes="")
 
 def _history_buffer_getattr(obj, name: str):
     """The only ``getattr`` a checkpoint may call: HistoryBuffer's statistics methods."""
-    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+    # HistoryBuffer registers its statistics lazily (first instance), so name the built-in ones too.
+    if obj is HistoryBuffer and name in {"min", "max", "mean", "current", *HistoryBuffer._statistics_methods}:
         return getattr(obj, name)
     raise pickle.UnpicklingError(f"checkpoint asks for getattr({obj!r}, {name!r}), which is not allowed")
 

@@ -1,0 +1,196 @@
+"""ADE20K transfer: backbone parity and loading, configs, layer decay, training and testing on mmseg."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("mmseg")
+pytestmark = pytest.mark.mm
+
+from mmengine.config import Config  # noqa: E402
+from mmengine.optim import build_optim_wrapper  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
+from mmseg.registry import MODELS  # noqa: E402
+
+import adpe.checkpoint  # noqa: E402
+import adpe.mm  # noqa: E402,F401
+from adpe.backbone import block_outputs  # noqa: E402
+from adpe.checkpoint import CheckpointMismatchError  # noqa: E402
+from tools.convert_checkpoint import convert  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+ADE_CONFIGS = sorted((ROOT / "benchmarks/ade20k").glob("*.py"))
+
+
+@pytest.fixture(autouse=True)
+def _mmseg_scope():
+    init_default_scope("mmseg")
+
+
+def build_backbone(**kw):
+    cfg = dict(type="AdPEViT", size="tiny", img_size=112, mode="seg", out_indices=(3,))
+    cfg.update(kw)
+    backbone = MODELS.build(cfg)
+    backbone.init_weights()
+    return backbone.eval()
+
+
+def test_official_adpe_release_reproduces_released_block_outputs():
+    """The fixture's block outputs come from the paper's released fine-tuning ViT (discrete iRPE)."""
+    expected = torch.load(FIXTURES / "official_adpe_rpe_expected_112.pt", weights_only=True)
+    backbone = build_backbone(init_cfg=dict(type="Pretrained", checkpoint=str(FIXTURES / "official_adpe_rpe_tiny.pth")))
+    assert (backbone.rel_pos, backbone.rpe_lookup) == ("irpe", "discrete")
+    with torch.no_grad():
+        outputs = block_outputs(backbone, expected["x"])
+    for ours, theirs in zip(outputs, expected["block_outputs"], strict=True):
+        assert (ours - theirs).abs().max() <= 1e-4
+
+
+def _timm_parity(size: str, embed_dim: int, depth: int, heads: int, tmp_path: Path):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    reference = timm.models.VisionTransformer(img_size=224, patch_size=16, embed_dim=embed_dim, depth=depth,
+                                              num_heads=heads, num_classes=0).eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.normal_(std=0.05)  # non-trivial values everywhere, biases and norms included
+    release = {"model": {**reference.state_dict(), "mask_token": torch.zeros(1, 1, 512),
+                         "decoder_embed.weight": torch.zeros(512, embed_dim)}}
+    path = tmp_path / "mae_release.pth"
+    torch.save(release, path)
+    backbone = build_backbone(size=size, img_size=224, rel_pos="none", out_indices=(depth - 1,),
+                              init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    x = torch.randn(2, 3, 224, 224)
+    captured = []
+    hooks = [b.register_forward_hook(lambda _m, _i, out: captured.append(out)) for b in reference.blocks]
+    with torch.no_grad():
+        reference.forward_features(x)
+        ours = block_outputs(backbone, x)
+    for hook in hooks:
+        hook.remove()
+    assert len(ours) == depth
+    for a, b in zip(ours, captured, strict=True):
+        assert (a - b).abs().max() <= 1e-4
+
+
+def test_official_mae_layout_matches_timm_vit_tiny_width(tmp_path):
+    _timm_parity("tiny", 192, 4, 3, tmp_path)
+
+
+@pytest.mark.slow
+def test_official_mae_layout_matches_timm_vit_b(tmp_path):
+    _timm_parity("base", 768, 12, 12, tmp_path)
+
+
+def test_rpe_coordinate_checkpoint_selects_continuous_lookup(tmp_path):
+    ours = {"meta": {"cfg": "model = dict(type='AdPEPretrainer', position='rpe', rpe_lookup='continuous')"},
+            "state_dict": {}}
+    release = adpe.checkpoint.load_checkpoint_file(FIXTURES / "official_adpe_rpe_tiny.pth")
+    ours["state_dict"] = {f"mae.{k}": v for k, v in release["model"].items()}
+    ours["state_dict"]["mae.adversary.encoder.0"] = torch.zeros(2)
+    path = tmp_path / "epoch_400.pth"
+    torch.save(ours, path)
+    backbone = build_backbone(init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    assert (backbone.rel_pos, backbone.rpe_lookup) == ("irpe", "continuous")
+
+
+def test_converted_checkpoint_is_tensors_only_and_loads_strictly(tmp_path):
+    dst = tmp_path / "backbone.pth"
+    convert(str(FIXTURES / "official_adpe_rpe_tiny.pth"), str(dst))
+    exported = torch.load(dst, weights_only=True)  # no allow-list needed
+    assert exported["meta"]["position"] == "rpe" and "mask_token" in exported["meta"]["dropped"]
+    expected = torch.load(FIXTURES / "official_adpe_rpe_expected_112.pt", weights_only=True)
+    backbone = build_backbone(init_cfg=dict(type="Pretrained", checkpoint=str(dst)))
+    with torch.no_grad():
+        assert (block_outputs(backbone, expected["x"])[-1] - expected["block_outputs"][-1]).abs().max() <= 1e-4
+
+
+def test_bad_checkpoints_fail_with_clear_messages(tmp_path):
+    release = adpe.checkpoint.load_checkpoint_file(FIXTURES / "official_adpe_rpe_tiny.pth")
+    renamed = dict(release["model"])
+    renamed["blocks.0.attn.qkv_renamed.weight"] = renamed.pop("blocks.0.attn.qkv.weight")
+    torch.save({"model": renamed}, tmp_path / "renamed.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)missing: blocks\.0\.attn\.qkv\.weight.*unexpected: "
+                                                      r"blocks\.0\.attn\.qkv_renamed\.weight"):
+        build_backbone(init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "renamed.pth")))
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        build_backbone(init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "nowhere.pth")))
+    with pytest.raises(CheckpointMismatchError, match="embed width mismatch.*192.*768"):
+        build_backbone(size="base", init_cfg=dict(type="Pretrained",
+                                                  checkpoint=str(FIXTURES / "official_adpe_rpe_tiny.pth")))
+    with pytest.raises(CheckpointMismatchError, match="rel_pos='irpe'"):
+        build_backbone(rel_pos="bias", init_cfg=dict(type="Pretrained",
+                                                     checkpoint=str(FIXTURES / "official_adpe_rpe_tiny.pth")))
+
+
+@pytest.mark.parametrize("path", ADE_CONFIGS, ids=lambda p: p.name)
+def test_every_ade20k_config_builds(path):
+    cfg = Config.fromfile(path)
+    assert cfg.model.backbone.type == "AdPEViT"
+    assert cfg.train_dataloader.dataset.type == "ADE20KDataset"
+    model = MODELS.build(cfg.model)
+    assert model.decode_head.num_classes == 150
+    if path.name == "upernet_adpe_vitb.py":
+        assert cfg.train_cfg.max_iters == 160000 and cfg.optim_wrapper.optimizer.lr == 2e-4
+        assert cfg.model.test_cfg.stride == (341, 341) and model.backbone.out_indices == (3, 5, 7, 11)
+
+
+def test_vit_b_backbone_parameter_count_and_layer_decay():
+    timm = pytest.importorskip("timm")
+    cfg = Config.fromfile(ROOT / "benchmarks/ade20k/upernet_adpe_vitb.py")
+    model = MODELS.build(cfg.model)
+    reference = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    # timm's ViT-B/16 without its pos_embed (ours is on the 32 x 32 grid) and final norm (unused: final_norm=False)
+    encoder = sum(p.numel() for n, p in reference.named_parameters() if n != "pos_embed" and not n.startswith("norm."))
+    rel_bias = 12 * ((2 * 32 - 1) ** 2 + 3) * 12  # per block: ((2h-1)(2w-1)+3) x heads, 32 x 32 grid
+    ours = sum(p.numel() for p in model.backbone.parameters())
+    assert ours == encoder + (32 * 32 + 1) * 768 + rel_bias
+
+    wrapper_cfg = dict(cfg.optim_wrapper, type="OptimWrapper")
+    optimizer = build_optim_wrapper(model, wrapper_cfg).optimizer
+    scale_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    lr, rate, top = 2e-4, 0.65, 13  # num_layers = 12 + 2
+
+    def group(param):
+        return scale_of[id(param)]
+
+    assert group(model.backbone.blocks[0].attn.qkv.weight)["lr"] == pytest.approx(lr * rate ** (top - 1))
+    assert group(model.backbone.blocks[11].attn.qkv.weight)["lr"] == pytest.approx(lr * rate ** (top - 12))
+    assert group(model.backbone.patch_embed.proj.weight)["lr"] == pytest.approx(lr * rate**top)
+    assert group(model.decode_head.conv_seg.weight)["lr"] == pytest.approx(lr)
+    assert group(model.backbone.blocks[0].attn.qkv.weight)["weight_decay"] == 0.05
+    assert group(model.backbone.blocks[0].attn.qkv.bias)["weight_decay"] == 0.0
+    assert group(model.backbone.pos_embed)["weight_decay"] == 0.0
+
+
+def test_tiny_upernet_trains_and_dist_test_reports_miou(tmp_path):
+    from adpe.demo_data import write_ade20k
+
+    data = write_ade20k(tmp_path / "ade20k", n_train=32, n_val=8, size=128, seed=0)
+    work = tmp_path / "work"
+    config = str(ROOT / "benchmarks/ade20k/upernet_adpe_vit_tiny_demo.py")
+    roots = [f"{k}.dataset.data_root={data}" for k in ("train_dataloader", "val_dataloader", "test_dataloader")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(["bash", str(ROOT / "tools/dist_train.sh"), config, "1", "--work-dir", str(work),
+                    "--cfg-options", *roots, "train_cfg.max_iters=40", "train_cfg.val_interval=40",
+                    "default_hooks.logger.interval=5", "log_processor.window_size=5",
+                    "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+                    "val_dataloader.num_workers=0", "val_dataloader.persistent_workers=False"],
+                   check=True, env=env, cwd=ROOT, capture_output=True)
+    rows = [json.loads(line) for f in work.glob("*/vis_data/scalars.json") for line in f.open()]
+    losses = list({r["step"]: r["loss"] for r in rows if "loss" in r}.values())
+    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0], losses
+    ckpt = work / "iter_40.pth"
+    subprocess.run(["bash", str(ROOT / "tools/dist_test.sh"), config, str(ckpt), "1", "--work-dir", str(work),
+                    "--cfg-options", *roots, "test_dataloader.num_workers=0",
+                    "test_dataloader.persistent_workers=False"],
+                   check=True, env=env, cwd=ROOT, capture_output=True)
+    result = json.loads((work / "test_results.json").read_text())
+    assert set(result["metrics"]) >= {"mIoU", "aAcc", "mAcc"} and 0 < result["metrics"]["mIoU"] <= 100

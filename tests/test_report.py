@@ -1,0 +1,367 @@
+"""tools/report.py on generated work dirs, and tools/visualize_reconstruction.py on a fake checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adpe.mae import MaskedAutoencoder
+from tools import report
+from tools import visualize_reconstruction as vis
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ENV = {"python": "3.11.9", "torch": "2.6.0", "mmengine": "0.10.7", "device": "cpu", "threads": "torch 2, cpus 2"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fixture work dirs (the layout mmengine's Runner with LocalVisBackend writes)
+# ---------------------------------------------------------------------------------------------------------
+def _model_cfg(**model) -> str:
+    items = ",\n".join(f"    {k}={v!r}" for k, v in sorted({"type": "AdPEPretrainer", **model}.items()))
+    return f"model = dict(\n{items})\n"
+
+
+def _write_timestamp(stage: Path, ts: str, rows: list[dict], config: str) -> None:
+    vis_data = stage / ts / "vis_data"
+    vis_data.mkdir(parents=True)
+    (vis_data / "scalars.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (vis_data / "config.py").write_text(config)
+    (stage / ts / f"{ts}.log").write_text("log\n")
+
+
+def _pretrain(variant_dir: Path, losses: list[tuple[int, float]], model: dict, max_epochs: int = 2,
+              epochs_done: int | None = None, ts: str = "20240101_000000", adv: bool = False,
+              extra: str = "") -> Path:
+    """Pretraining stage: 20 iterations per epoch, a log row every 10; a checkpoint per finished epoch."""
+    stage = variant_dir / "pretrain"
+    rows = []
+    for step, loss in losses:
+        row = {"base_lr": 1e-3, "lr": 1e-3, "loss": loss, "time": 0.5, "data_time": 0.1,
+               "epoch": (step - 1) // 20 + 1, "iter": step, "step": step}
+        if adv:
+            row.update(adv_lr=1e-3, adv_norm=0.1 * step / 10)
+        rows.append(row)
+    config = _model_cfg(size="tiny", img_size=112, **model) + extra
+    config += f"train_cfg = dict(max_epochs={max_epochs}, type='EpochBasedTrainLoop')\n"
+    _write_timestamp(stage, ts, rows, config)
+    done = max_epochs if epochs_done is None else epochs_done
+    for epoch in range(1, done + 1):
+        (stage / f"epoch_{epoch}.pth").write_bytes(b"dummy")
+    if done:
+        (stage / "last_checkpoint").write_text(str(stage / f"epoch_{done}.pth"))
+    return stage
+
+
+def _ade20k(variant_dir: Path, val_miou: list[tuple[int, float]], test_miou: float | None, commit: str = "") -> None:
+    stage = variant_dir / "ade20k"
+    rows = []
+    for step, miou in val_miou:
+        rows.append({"lr": 1e-4, "loss": 2.0, "decode.loss_ce": 1.5, "aux.loss_ce": 0.5, "step": step - 5})
+        rows.append({"aAcc": 20.0 + miou, "mIoU": miou, "mAcc": 2 * miou, "data_time": 0.1, "time": 0.2,
+                     "step": step})
+    _write_timestamp(stage, "20240102_000000", rows, "model = dict(type='EncoderDecoder')\n")
+    if test_miou is not None:
+        (stage / "test_results.json").write_text(json.dumps({
+            "config": "benchmarks/ade20k/upernet_demo.py", "checkpoint": str(stage / "iter_20.pth"),
+            "metrics": {"aAcc": 20.0 + test_miou, "mIoU": test_miou, "mAcc": 2 * test_miou},
+            "time": "2024-01-02T01:00:00", "commit": commit, "world_size": 1}))
+
+
+def _coco(variant_dir: Path, box: float, mask: float, commit: str) -> None:
+    stage = variant_dir / "coco"
+    rows = [{"loss": 3.0, "loss_cls": 1.0, "step": 10},
+            {"coco/bbox_mAP": box / 2, "coco/bbox_mAP_50": box, "coco/segm_mAP": mask / 2, "step": 1},
+            {"loss": 2.5, "loss_cls": 0.8, "step": 20},
+            {"coco/bbox_mAP": box, "coco/bbox_mAP_50": 2 * box, "coco/segm_mAP": mask, "step": 2}]
+    _write_timestamp(stage, "20240103_000000", rows, "model = dict(type='MaskRCNN')\n")
+    (stage / "test_results.json").write_text(json.dumps({
+        "config": "benchmarks/coco/mask_rcnn_demo.py", "checkpoint": str(stage / "epoch_2.pth"),
+        "metrics": {"coco/bbox_mAP": box, "coco/bbox_mAP_50": 2 * box, "coco/segm_mAP": mask},
+        "time": "2024-01-03T01:00:00", "commit": commit, "world_size": 1}))
+
+
+def make_run(root: Path) -> Path:
+    """Three variants: a finished MAE+ baseline, a finished AdPE variant (resumed pretraining), and a variant
+    without run.json whose ADE20K stage is unfinished and whose COCO stage is missing."""
+    run = root / "run"
+    run.mkdir()
+    (run / "env.json").write_text(json.dumps(ENV))
+
+    base = run / "mae_plus"
+    base.mkdir()
+    (base / "run.json").write_text(json.dumps({"name": "mae_plus", "label": "MAE+ APE",
+                                               "pretrain_config": "pretrain/demo/mae_plus_ape.py", "baseline": True}))
+    losses = [(10 * i, v) for i, v in enumerate([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4], 1)]  # last 5: mean 0.6
+    _pretrain(base, losses, dict(variant="mae_plus", position="ape", norm_pix_loss=True))
+    _ade20k(base, [(20, 5.0), (40, 7.5)], 8.0, commit="abc123")
+    _coco(base, 0.100, 0.090, commit="abc123")
+
+    adpe = run / "adpe_ape_coord"
+    adpe.mkdir()
+    (adpe / "run.json").write_text(json.dumps({"name": "adpe_ape_coord", "label": "AdPE APE coord",
+                                               "pretrain_config": "pretrain/demo/adpe_ape_coord.py",
+                                               "baseline": False}))
+    # Crashed after step 50 with the last checkpoint at step 30; the resumed run logs 40.. again (later wins).
+    first = [(10, 1.0), (20, 0.9), (30, 0.8), (40, 0.7), (50, 0.65)]
+    model = dict(variant="mae_plus", position="ape", adversary="coordinate", norm_pix_loss=True)
+    _pretrain(adpe, first, model, epochs_done=1, adv=True)
+    resumed = [(40, 0.6), (50, 0.55), (60, 0.5), (70, 0.45)]  # merged last 5: .8 .6 .55 .5 .45 -> 0.58
+    _pretrain(adpe, resumed, model, ts="20240101_120000", adv=True)
+    _ade20k(adpe, [(20, 6.0), (40, 9.0)], 10.0, commit="def456")
+    _coco(adpe, 0.123, 0.101, commit="def456")
+
+    partial = run / "adpe_rpe_embed"  # no run.json: the name is the folder's
+    partial.mkdir()
+    losses = [(10 * i, v) for i, v in enumerate([1.2, 1.1, 1.0, 0.9, 0.8, 0.7], 1)]  # last 5: mean 0.9
+    _pretrain(partial, losses, dict(variant="mae_plus", position="rpe", rpe_lookup="discrete",
+                                    adversary="embedding"), adv=True)
+    _ade20k(partial, [(20, 4.0)], None)
+    return run
+
+
+EXPECTED_CSV = [
+    {"name": "adpe_ape_coord", "label": "AdPE APE coord", "baseline": "",
+     "pretrain_variant": "mae_plus, ape, adversary=coordinate, size=tiny",
+     "ade20k_miou": "10.00", "ade20k_miou_delta": "+2.00", "coco_ap_box": "12.3", "coco_ap_box_delta": "+2.3",
+     "coco_ap_mask": "10.1", "coco_ap_mask_delta": "+1.1", "pretrain_loss": "0.5800",
+     "pretrain_loss_delta": "-0.0200", "pretrain_status": "finished", "ade20k_status": "finished",
+     "coco_status": "finished", "pretrain_config": "pretrain/demo/adpe_ape_coord.py",
+     "ade20k_config": "benchmarks/ade20k/upernet_demo.py", "coco_config": "benchmarks/coco/mask_rcnn_demo.py",
+     "commit": "def456"},
+    {"name": "adpe_rpe_embed", "label": "adpe_rpe_embed", "baseline": "",
+     "pretrain_variant": "mae_plus, rpe (discrete), adversary=embedding, size=tiny",
+     "ade20k_miou": "unfinished", "ade20k_miou_delta": "unfinished", "coco_ap_box": "missing",
+     "coco_ap_box_delta": "missing", "coco_ap_mask": "missing", "coco_ap_mask_delta": "missing",
+     "pretrain_loss": "0.9000", "pretrain_loss_delta": "+0.3000", "pretrain_status": "finished",
+     "ade20k_status": "unfinished", "coco_status": "missing", "pretrain_config": "", "ade20k_config": "",
+     "coco_config": "", "commit": ""},
+    {"name": "mae_plus", "label": "MAE+ APE", "baseline": "yes",
+     "pretrain_variant": "mae_plus, ape, adversary=none, size=tiny",
+     "ade20k_miou": "8.00", "ade20k_miou_delta": "baseline", "coco_ap_box": "10.0", "coco_ap_box_delta": "baseline",
+     "coco_ap_mask": "9.0", "coco_ap_mask_delta": "baseline", "pretrain_loss": "0.6000",
+     "pretrain_loss_delta": "baseline", "pretrain_status": "finished", "ade20k_status": "finished",
+     "coco_status": "finished", "pretrain_config": "pretrain/demo/mae_plus_ape.py",
+     "ade20k_config": "benchmarks/ade20k/upernet_demo.py", "coco_config": "benchmarks/coco/mask_rcnn_demo.py",
+     "commit": "abc123"},
+]
+
+EXPECTED_MD_TABLE = """\
+| Variant | Label | Pretraining | ADE20K mIoU | Δ mIoU | COCO AP box | Δ AP box | COCO AP mask | Δ AP mask | \
+Final pretrain loss | Δ loss |
+|---|---|---|---|---|---|---|---|---|---|---|
+| adpe_ape_coord | AdPE APE coord | mae_plus, ape, adversary=coordinate, size=tiny | 10.00 | +2.00 | 12.3 | +2.3 | \
+10.1 | +1.1 | 0.5800 | -0.0200 |
+| adpe_rpe_embed | adpe_rpe_embed | mae_plus, rpe (discrete), adversary=embedding, size=tiny | unfinished | \
+unfinished | missing | missing | missing | missing | 0.9000 | +0.3000 |
+| **mae_plus** (baseline) | MAE+ APE | mae_plus, ape, adversary=none, size=tiny | 8.00 | baseline | 10.0 | baseline \
+| 9.0 | baseline | 0.6000 | baseline |"""
+
+PLOTS = ("pretrain_loss.png", "adv_norm.png", "ade20k_miou.png", "coco_ap.png", "final_metrics.png")
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > 2000, (path, len(data))
+    with Image.open(path) as img:
+        img.verify()
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    return make_run(tmp_path)
+
+
+def test_collect_rows_reads_stages_statuses_and_merges_resumed_logs(run_dir):
+    rows = report.collect_rows([run_dir])
+    assert [r["name"] for r in rows] == ["adpe_ape_coord", "adpe_rpe_embed", "mae_plus"]
+    adpe, partial, base = rows
+    assert base["is_baseline"] and not adpe["is_baseline"]
+    assert adpe["values"] == {"ade20k_miou": 10.0, "coco_ap_box": 12.3, "coco_ap_mask": 10.1, "pretrain_loss": 0.58}
+    assert partial["values"] == {"ade20k_miou": None, "coco_ap_box": None, "coco_ap_mask": None,
+                                 "pretrain_loss": 0.9}
+    loss = adpe["stages"]["pretrain"]["series"]["loss"]
+    assert loss == [(10, 1.0), (20, 0.9), (30, 0.8), (40, 0.6), (50, 0.55), (60, 0.5), (70, 0.45)]
+    assert adpe["stages"]["pretrain"]["series"]["adv_norm"][-1] == (70, pytest.approx(0.7))
+    assert "adv_norm" not in base["stages"]["pretrain"]["series"]
+    assert adpe["stages"]["pretrain"]["status"] == "finished"
+    assert adpe["stages"]["pretrain"]["max_epochs"] == 2
+    assert adpe["stages"]["pretrain"]["checkpoint"].endswith("epoch_2.pth")
+    assert adpe["stages"]["pretrain"]["dumped_config"].endswith("20240101_120000/vis_data/config.py")
+    assert adpe["stages"]["pretrain"]["model"]["adversary"] == "coordinate"
+    # validation series: mIoU from val rows only; COCO val steps are epochs here
+    assert base["stages"]["ade20k"]["series"]["mIoU"] == [(20, 5.0), (40, 7.5)]
+    assert base["stages"]["coco"]["series"]["coco/segm_mAP"] == [(1, 0.045), (2, 0.09)]
+    assert [partial["stages"][s]["status"] for s in report.STAGES] == ["finished", "unfinished", "missing"]
+    assert base["env"] == ENV
+    # a variant dir given directly gives the same row
+    assert report.collect_rows([run_dir / "mae_plus"])[0]["values"] == base["values"]
+
+
+def test_write_report_exact_tables(run_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    md = report.main([str(run_dir), "--out", str(out)])
+    assert capsys.readouterr().out.strip() == str(out / "report.md") == str(md)
+
+    with (out / "results.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == report.CSV_COLUMNS
+        assert list(reader) == EXPECTED_CSV
+
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["baseline"] == "mae_plus"
+    assert [r["cells"] for r in doc["rows"]] == EXPECTED_CSV
+    by_name = {r["name"]: r for r in doc["rows"]}
+    assert by_name["adpe_ape_coord"]["values"] == {"ade20k_miou": 10.0, "coco_ap_box": 12.3, "coco_ap_mask": 10.1,
+                                                   "pretrain_loss": 0.58}
+    assert by_name["adpe_rpe_embed"]["values"]["ade20k_miou"] is None  # never 0
+    assert by_name["adpe_rpe_embed"]["stages"]["coco"]["status"] == "missing"
+    assert by_name["mae_plus"]["stages"]["coco"]["metrics"]["coco/bbox_mAP"] == 0.1
+    assert by_name["mae_plus"]["commit"] == "abc123"
+    assert "series" not in by_name["mae_plus"]["stages"]["pretrain"]
+    published = doc["published"]
+    assert published["downstream"]["MAE"] == {"ade20k_miou": 48.1, "coco_ap_box": 50.3, "coco_ap_mask": 44.9,
+                                              "imagenet_top1_1600ep": 83.6}
+    assert published["downstream"]["AdPE"] == {"ade20k_miou": 50.7, "coco_ap_box": 53.5, "coco_ap_mask": 46.5,
+                                               "imagenet_top1_1600ep": 84.4}
+    assert list(published["released_400ep_imagenet_top1"].values()) == [83.9, 84.1, 84.2, 84.2, 84.3, 84.4]
+    assert "not comparable" in published["note"].lower()
+    assert doc["environment"] == ENV
+    assert sorted(doc["plots"].values()) == sorted(PLOTS)
+
+    text = (out / "report.md").read_text()
+    assert EXPECTED_MD_TABLE in text
+    assert "NOT comparable" in text
+    assert "| AdPE | 50.7 | 53.5 | 46.5 | 84.4 |" in text
+    assert "| MAE | 48.1 | 50.3 | 44.9 | 83.6 |" in text
+    assert "| AdPE RPE coordinate | 84.4 |" in text
+    for name in PLOTS:
+        assert f"]({name})" in text  # relative links
+        assert_png(out / name)
+    assert "## Environment" in text and "| mmengine | 0.10.7 |" in text
+    assert "commit: `def456`" in text and "`pretrain/demo/adpe_ape_coord.py`" in text
+    assert "adversary='coordinate'" in text
+
+
+def test_baseline_option_statuses_and_no_adversary(tmp_path):
+    run = tmp_path / "run2"
+    short = run / "mae_short"
+    short.mkdir(parents=True)
+    (short / "run.json").write_text(json.dumps({"name": "mae_short", "label": "MAE+ short",
+                                                "pretrain_config": "pretrain/demo/mae_plus_ape.py"}))
+    _pretrain(short, [(10, 1.0), (20, 0.5)], dict(variant="mae_plus", position="ape"), max_epochs=4, epochs_done=2)
+    _ade20k(short, [(20, 3.0)], 3.0)
+    scratch = run / "random_init"
+    scratch.mkdir()
+    (scratch / "run.json").write_text(json.dumps({"name": "random_init", "label": "Random init",
+                                                  "pretrain_config": None}))
+    _ade20k(scratch, [(20, 1.0)], 1.5)
+
+    rows = report.collect_rows([run])
+    assert [r["name"] for r in rows] == ["mae_short", "random_init"]
+    cells = {c["name"]: c for c in report.table_rows(rows)}  # no baseline flag: the first row
+    assert cells["mae_short"]["baseline"] == "yes"
+    assert cells["random_init"]["ade20k_miou_delta"] == "-1.50"
+    assert cells["mae_short"]["pretrain_status"] == "unfinished"
+    assert cells["mae_short"]["pretrain_loss"] == "0.7500"
+    assert cells["random_init"]["pretrain_loss"] == cells["random_init"]["pretrain_loss_delta"] == "none"
+    assert cells["random_init"]["pretrain_variant"] == "none (no pretraining)"
+
+    cells = {c["name"]: c for c in report.table_rows(rows, baseline="random_init")}
+    assert cells["mae_short"]["ade20k_miou_delta"] == "+1.50"
+    assert cells["mae_short"]["pretrain_loss_delta"] == "n/a"  # the baseline has no loss
+    with pytest.raises(ValueError, match="nope"):
+        report.table_rows(rows, baseline="nope")
+
+    out = tmp_path / "out2"
+    paths = report.write_report(rows, out, baseline="random_init", env={"device": "test"})
+    assert "adv_norm" not in paths and not (out / "adv_norm.png").exists()
+    assert "coco_ap" not in paths  # no COCO data anywhere
+    for key in ("pretrain_loss", "ade20k_miou", "final_metrics"):
+        assert_png(paths[key])
+    text = paths["md"].read_text()
+    assert "0.7500 (unfinished)" in text
+    assert "_Not plotted: no adversarial variant._" in text
+    assert json.loads(paths["json"].read_text())["baseline"] == "random_init"
+
+
+def test_cli_errors_on_missing_work_dir(tmp_path):
+    with pytest.raises(SystemExit, match="not found"):
+        report.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="neither a variant dir"):
+        report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reconstruction figure
+# ---------------------------------------------------------------------------------------------------------
+def _images(folder: Path, count: int = 2) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (96 + 16 * i, 128, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_reconstruct_keeps_visible_patches_exactly():
+    torch.manual_seed(0)
+    model = MaskedAutoencoder("tiny", img_size=112)
+    imgs = torch.randn(2, 3, 112, 112)
+    result = vis.reconstruct(model, imgs, seed=3)
+    assert model.training  # mode restored
+    assert result["pred"].shape == (2, 49, 16 * 16 * 3) and result["mask"].shape == (2, 49)
+    assert result["pasted"].shape == result["reconstruction"].shape == result["masked"].shape == (2, 3, 112, 112)
+    visible = result["mask"] == 0
+    assert visible.sum(1).tolist() == [12, 12]
+    pasted, target = model.patchify(result["pasted"]), model.patchify(imgs)
+    assert torch.equal(pasted[visible], target[visible])
+    assert torch.equal(pasted[~visible], result["pred_pixels"][~visible])
+    # norm_pix_loss: predictions un-normalised with the target patch statistics
+    mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+    assert torch.allclose(result["pred_pixels"], result["pred"] * (var + 1e-6) ** 0.5 + mean)
+    # the masked input is mid-grey where masked, the original where visible
+    masked = vis.denormalize(result["masked"])
+    assert torch.allclose(model.patchify(masked)[~visible], torch.full_like(pasted[~visible], 0.5), atol=1e-6)
+    assert torch.equal(model.patchify(result["masked"])[visible], target[visible])
+    # same seed, same mask
+    assert torch.equal(vis.reconstruct(model, imgs, seed=3)["mask"], result["mask"])
+
+
+@pytest.mark.mm
+def test_visualize_reconstruction_cli(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = MaskedAutoencoder("tiny")
+    cfg = "model = dict(type='AdPEPretrainer', size='tiny', img_size=112, variant='mae_plus', position='ape')\n"
+    ckpt = {"meta": {"cfg": cfg}, "state_dict": {"mae." + k: v for k, v in model.state_dict().items()}}
+    path = tmp_path / "epoch_1.pth"
+    torch.save(ckpt, path)
+    images = _images(tmp_path / "images")
+
+    out = vis.main([str(path), "--images", str(images), "--num", "4", "--out", str(tmp_path / "recon.png")])
+    assert capsys.readouterr().out.strip() == str(out)
+    assert_png(out)
+    with Image.open(out) as img:
+        assert img.height > 300 and img.width > 600  # 2 rows x 4 columns
+
+    loaded, model_cfg = vis.load_model(path)
+    assert model_cfg["type"] == "AdPEPretrainer"
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    imgs = vis.load_images(images, vis.input_size(loaded), 4)
+    assert imgs.shape == (2, 3, 112, 112)
+    result = vis.reconstruct(loaded, imgs, seed=0)
+    visible = result["mask"] == 0
+    assert torch.equal(loaded.patchify(result["pasted"])[visible], loaded.patchify(imgs)[visible])
+    assert result["pred"].shape == (2, 49, 768)
+
+    bad = tmp_path / "bad.pth"
+    torch.save({"state_dict": {}}, bad)
+    with pytest.raises(SystemExit, match="meta.cfg"):
+        vis.main([str(bad), "--images", str(images)])

@@ -1,0 +1,429 @@
+"""Benchmark the transfer backbones: forward + backward time and peak memory, fp32 and bf16, side by side.
+
+What it measures
+    One training-mode forward + backward of ``adpe.backbone.ViTBackbone`` (and, for segmentation, of
+    mmseg's own ``MAE`` backbone) on a random batch of one image; the loss is the sum of the means of the
+    returned feature maps, so every output gets a gradient. No optimiser step: only the backbone's cost.
+    Each configuration runs in fp32 and under bf16 autocast (``torch.autocast`` on CPU or CUDA; backward
+    outside the autocast region), every (configuration, dtype) pair in its own subprocess (this script
+    re-invoked with ``--worker``, one JSON line on stdout), so that its peak memory is its own: peak RSS
+    (``getrusage``; it includes the imports, e.g. mmseg/mmcv for mmseg's backbone), plus
+    ``torch.cuda.max_memory_allocated`` on GPU. Each worker builds its model from a fixed seed, in train
+    mode (drop path 0.1), runs ``--warmup`` untimed steps (1), then times ``--steps`` steps (2) with
+    ``time.perf_counter`` (``torch.cuda.synchronize`` on GPU) and reports the median.
+
+    1. Segmentation (UperNet recipe), ``--seg-size`` 512^2, ``mode='seg'``, out_indices (3, 5, 7, 11) for ViT-B:
+        seg config      backbone
+        mmseg_mae       mmseg.models.backbones.MAE, the mmseg MAE ADE20K recipe's arguments (init_values=1.0,
+                        drop_path_rate=0.1): APE + BEiT-style relative position bias in every block
+        ours_ape        ViTBackbone(rel_pos='none')
+        ours_ape_bias   ViTBackbone(rel_pos='bias')                        (the like-for-like of mmseg's)
+        ours_rpe        ViTBackbone(rel_pos='irpe', rpe_lookup='discrete')
+        ours_rpe_cont   ViTBackbone(rel_pos='irpe', rpe_lookup='continuous')
+       The table gives seconds per step, peak memory, the bf16 speed-up over fp32 and, for each of ours, the
+       ratio of its time (and peak memory) to mmseg's in the same dtype.
+
+    2. Detection (ViTDet-style Mask R-CNN recipe), ``--det-size`` 1024^2, ``mode='det'``, APE + decomposed
+       relative position bias (``rel_pos='bias'``):
+        det config      attention                                               activation checkpointing
+        window          window 14 with global blocks (2, 5, 8, 11) for ViT-B    no
+        window_ckpt     same                                                    yes (every block)
+        global          all global (4096 tokens at 1024^2)                      no
+        global_ckpt     same                                                    yes
+       The table gives seconds per step, peak memory, the bf16 speed-up and the time and memory ratios to
+       ``window`` in the same dtype. All-global attention at 1024^2 is heavy on a CPU: ``--skip-global``
+       leaves it out.
+
+    ``--size`` sets both ours and mmseg's dimensions (tiny: 192 wide, 4 blocks, 3 heads; out_indices
+    (0, 1, 2, 3); global blocks (1, 3) in detection mode), for a quick check of the script itself.
+
+How to run it
+    PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py                        # ViT-B, everything
+    PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py --only seg --json seg.json
+    PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py --only det --skip-global --dtypes bf16
+    PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py --size tiny --seg-size 128 --det-size 256 \\
+        --steps 1                                                                       # smoke test
+
+    On a machine with CUDA the steps run on the GPU (``--device cpu`` forces the CPU). Run it on an otherwise
+    idle machine: with other load on the cores, CPU step times become erratic (the script warns when the
+    load average is already high). ViT-B all-global detection at 1024^2 takes minutes per step on 2 cores.
+
+Targets
+    Segmentation: each of our backbones no slower than mmseg's MAE backbone in the same setting (same size,
+    input and dtype): ratio <= 1.00, checked at the end of the run for every configuration. For reference,
+    mmseg's ViT-B at 512^2, batch 1, takes about 7 s (fp32) and about 4 s (bf16) per forward + backward on
+    the 2-core development CPU. Detection: no target; the table reports what windowing and checkpointing
+    cost and save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One benchmarked backbone: ``section`` 'seg' or 'det'; ``kwargs`` go to ``ViTBackbone``."""
+
+    name: str
+    section: str
+    description: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    mmseg: bool = False
+    windowed: bool = False
+
+
+CONFIGS: dict[str, Config] = {c.name: c for c in (
+    Config("mmseg_mae", "seg", "mmseg MAE (APE + rel-pos bias)", mmseg=True),
+    Config("ours_ape", "seg", "ours APE", {"rel_pos": "none"}),
+    Config("ours_ape_bias", "seg", "ours APE + rel-pos bias", {"rel_pos": "bias"}),
+    Config("ours_rpe", "seg", "ours RPE (discrete)", {"rel_pos": "irpe", "rpe_lookup": "discrete"}),
+    Config("ours_rpe_cont", "seg", "ours RPE (continuous)", {"rel_pos": "irpe", "rpe_lookup": "continuous"}),
+    Config("window", "det", "window + global blocks", {"use_checkpoint": False}, windowed=True),
+    Config("window_ckpt", "det", "window + global blocks, checkpointed", {"use_checkpoint": True}, windowed=True),
+    Config("global", "det", "all global", {"use_checkpoint": False}),
+    Config("global_ckpt", "det", "all global, checkpointed", {"use_checkpoint": True}),
+)}
+SEG_BASELINE = "mmseg_mae"
+DET_BASELINE = "window"
+DTYPES = ("fp32", "bf16")
+SIZE_CHOICES = ("tiny", "base", "large", "huge")
+
+# Per size: the seg recipe's out_indices (mmseg's MAE / BEiT configs) and ViTDet's global blocks.
+SEG_OUT_INDICES = {"tiny": (0, 1, 2, 3), "base": (3, 5, 7, 11), "large": (7, 11, 15, 23), "huge": (7, 15, 23, 31)}
+DET_GLOBAL_BLOCKS = {"tiny": (1, 3), "base": (2, 5, 8, 11), "large": (5, 11, 17, 23), "huge": (7, 15, 23, 31)}
+DROP_PATH_RATE = 0.1
+MMSEG_INIT_VALUES = 1.0  # the mmseg MAE ADE20K recipe's layer-scale init
+
+# Targets (see the docstring).
+MAX_RATIO_TO_MMSEG = 1.0
+REFERENCE_CONFIG = {"size": "base", "seg_size": 512, "device": "cpu"}
+REFERENCE_MMSEG_S = {"fp32": 7.0, "bf16": 4.0}  # mmseg's ViT-B, 512^2, batch 1, 2-core development CPU
+
+RESULT_PREFIX = "@@BENCH_RESULT@@ "
+GIB = 1024**3
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------- worker
+def build_model(args: argparse.Namespace, config: Config) -> Any:
+    """The configuration's backbone (train mode, not yet on the device)."""
+    from adpe.backbone import ViTBackbone
+    from adpe.mae import SIZES
+
+    if config.section == "seg":
+        side = args.seg_size
+        out_indices = SEG_OUT_INDICES[args.size]
+        if config.mmseg:
+            from mmseg.models.backbones import MAE
+
+            dims = SIZES[args.size]
+            model = MAE(img_size=(side, side), patch_size=dims.patch_size, embed_dims=dims.embed_dim,
+                        num_layers=dims.depth, num_heads=dims.num_heads, mlp_ratio=4,
+                        init_values=MMSEG_INIT_VALUES, drop_path_rate=DROP_PATH_RATE, out_indices=list(out_indices))
+            model.init_weights()
+        else:
+            model = ViTBackbone(args.size, img_size=(side, side), mode="seg", out_indices=out_indices,
+                                drop_path_rate=DROP_PATH_RATE, **config.kwargs)
+    else:
+        side = args.det_size
+        model = ViTBackbone(args.size, img_size=(side, side), mode="det",
+                            window_size=args.window_size if config.windowed else 0,
+                            global_blocks=DET_GLOBAL_BLOCKS[args.size] if config.windowed else (),
+                            rel_pos="bias", drop_path_rate=DROP_PATH_RATE, **config.kwargs)
+    model.train()  # drop path on, and use_checkpoint only acts while training (mmseg's train() returns None)
+    return model
+
+
+def run_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Build one configuration, time its forward + backward in one dtype; the result goes to stdout as JSON."""
+    import torch
+
+    config = CONFIGS[args.config]
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = build_model(args, config).to(device)
+    side = args.seg_size if config.section == "seg" else args.det_size
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    imgs = torch.randn((1, 3, side, side), generator=generator).to(device)
+
+    def autocast() -> Any:
+        if args.dtype == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def step() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        with autocast():
+            outputs = model(imgs)
+            loss = sum(out.float().mean() for out in outputs)
+        loss.backward()
+        return loss.detach()
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    times = []
+    loss = None
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        loss = step()
+        sync()
+        times.append(time.perf_counter() - start)
+
+    rss_unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {
+        "config": config.name,
+        "section": config.section,
+        "dtype": args.dtype,
+        "input": [1, 3, side, side],
+        "step_times_s": times,
+        "seconds_per_step": statistics.median(times),
+        "loss": float(loss) if loss is not None else None,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * rss_unit / GIB,
+        "peak_cuda_gib": torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def worker_command(args: argparse.Namespace, config: str, dtype: str) -> list[str]:
+    return [
+        sys.executable, os.path.abspath(__file__), "--worker", "--config", config, "--dtype", dtype,
+        "--size", args.size, "--seg-size", str(args.seg_size), "--det-size", str(args.det_size),
+        "--window-size", str(args.window_size), "--warmup", str(args.warmup), "--steps", str(args.steps),
+        "--threads", str(args.threads), "--seed", str(args.seed), "--device", args.device,
+    ]
+
+
+def launch(args: argparse.Namespace, config: str, dtype: str) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    if args.device == "cpu":
+        env.setdefault("OMP_NUM_THREADS", str(args.threads))
+    proc = subprocess.run(worker_command(args, config, dtype), env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout or "(no output)").strip().splitlines() or ["(no output)"]
+        return {"config": config, "section": CONFIGS[config].section, "dtype": dtype,
+                "error": f"exit {proc.returncode}: {tail[-1]}", "stderr_tail": tail[-30:]}
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def fill_derived(results: list[dict[str, Any]]) -> None:
+    """Add bf16 speed-ups and time / memory ratios to the section's baseline (same dtype), in place."""
+    by_key = {(r["config"], r["dtype"]): r for r in results if "error" not in r}
+    for (name, dtype), r in by_key.items():
+        fp32 = by_key.get((name, "fp32"))
+        r["bf16_speedup"] = fp32["seconds_per_step"] / r["seconds_per_step"] if dtype == "bf16" and fp32 else None
+        baseline = SEG_BASELINE if r["section"] == "seg" else DET_BASELINE
+        base = by_key.get((baseline, dtype))
+        r["baseline"] = baseline
+        if name != baseline and base is not None:
+            r["time_ratio"] = r["seconds_per_step"] / base["seconds_per_step"]
+            r["rss_ratio"] = r["peak_rss_gib"] / base["peak_rss_gib"]
+            r["cuda_ratio"] = (r["peak_cuda_gib"] / base["peak_cuda_gib"]
+                               if r["peak_cuda_gib"] is not None and base["peak_cuda_gib"] else None)
+        else:
+            r["time_ratio"] = r["rss_ratio"] = r["cuda_ratio"] = None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(results: list[dict[str, Any]], device: str, baseline: str) -> None:
+    cuda = device == "cuda"
+    header = ["config", "description", "dtype", "s/step", "peak RSS GiB"]
+    header += ["peak CUDA GiB"] if cuda else []
+    header += ["bf16 x", f"time / {baseline}", f"{'CUDA' if cuda else 'RSS'} mem / {baseline}"]
+    rows = []
+    for r in results:
+        config = CONFIGS[r["config"]]
+        if "error" in r:
+            rows.append([r["config"], config.description, r["dtype"], "FAILED", r["error"][:100]]
+                        + [""] * (len(header) - 5))
+            continue
+        is_base = r["config"] == baseline
+        row = [r["config"], config.description, r["dtype"], f"{r['seconds_per_step']:.3f}",
+               f"{r['peak_rss_gib']:.2f}"]
+        row += [_fmt(r["peak_cuda_gib"], ".2f")] if cuda else []
+        row += [_fmt(r["bf16_speedup"], ".2f"),
+                "(baseline)" if is_base else _fmt(r["time_ratio"], ".3f"),
+                "(baseline)" if is_base else _fmt(r["cuda_ratio"] if cuda else r["rss_ratio"], ".3f")]
+        rows.append(row)
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for n, row in enumerate([header, *rows]):
+        cells = [c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(cells).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def check_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Segmentation: each of ours no slower than mmseg's in the same dtype: [{'target', 'value', 'ok'}]."""
+    checks = []
+    for r in results:
+        if r["section"] != "seg" or "error" in r or r["config"] == SEG_BASELINE or r.get("time_ratio") is None:
+            continue
+        checks.append({"target": f"{r['config']} {r['dtype']} <= {MAX_RATIO_TO_MMSEG:.2f}x {SEG_BASELINE} time",
+                       "value": r["time_ratio"], "ok": r["time_ratio"] <= MAX_RATIO_TO_MMSEG})
+    return checks
+
+
+def print_targets(results: list[dict[str, Any]], checks: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print("\ntargets (segmentation: ours no slower than mmseg's MAE backbone, same size, input and dtype):")
+    for c in checks:
+        print(f"  [{'ok' if c['ok'] else 'MISS'}] {c['target']}: {c['value']:.3f}")
+    if not checks:
+        print("  (none checked: mmseg's backbone or ours missing from this run)")
+    is_reference = all(getattr(args, k) == v for k, v in REFERENCE_CONFIG.items())
+    measured = {r["dtype"]: r["seconds_per_step"] for r in results
+                if r["config"] == SEG_BASELINE and "error" not in r}
+    reference = ", ".join(f"{d} about {s:.0f} s" for d, s in REFERENCE_MMSEG_S.items())
+    here = ", ".join(f"{d} {s:.2f} s" for d, s in measured.items()) or "not run"
+    note = "" if is_reference else " (this run is not that configuration)"
+    print(f"  reference: mmseg MAE ViT-B 512^2 batch 1 on the 2-core CPU: {reference}; this run: {here}{note}")
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def selected_configs(args: argparse.Namespace, section: str) -> list[str]:
+    names = [n for n, c in CONFIGS.items() if c.section == section]
+    if section == "det" and args.skip_global:
+        names = [n for n in names if CONFIGS[n].windowed]
+    return names
+
+
+def run_all(args: argparse.Namespace) -> int:
+    import torch
+
+    load = load_average()
+    if args.device == "cpu" and load is not None and load > 0.5:
+        print(f"[bench] warning: 1-minute load average is {load:.1f} before the run; CPU timings will be "
+              "noisy unless the machine is otherwise idle", file=sys.stderr, flush=True)
+    sections = ["seg", "det"] if args.only is None else [args.only]
+    results: list[dict[str, Any]] = []
+    for section in sections:
+        for name in selected_configs(args, section):
+            for dtype in args.dtypes:
+                print(f"[bench] {section} {name} {dtype} ...", file=sys.stderr, flush=True)
+                started = time.perf_counter()
+                result = launch(args, name, dtype)
+                status = result.get("error") or f"{result['seconds_per_step']:.3f} s/step"
+                print(f"[bench]   {status} ({time.perf_counter() - started:.0f} s wall)", file=sys.stderr, flush=True)
+                results.append(result)
+    fill_derived(results)
+
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    print(f"\nViT-{args.size}, batch 1, forward + backward (loss = sum of the outputs' means), train mode, "
+          f"device {args.device} ({device_name}), {args.threads} threads, median of {args.steps} steps after "
+          f"{args.warmup} warm-up, torch {torch.__version__}")
+    if "seg" in sections:
+        print(f"\n1. Segmentation, {args.seg_size}^2, out_indices {SEG_OUT_INDICES[args.size]} "
+              f"(ratios: to mmseg's MAE backbone, same dtype)\n")
+        print_table([r for r in results if r["section"] == "seg"], args.device, SEG_BASELINE)
+    if "det" in sections:
+        print(f"\n2. Detection, {args.det_size}^2, APE + decomposed rel-pos bias, window {args.window_size} with "
+              f"global blocks {DET_GLOBAL_BLOCKS[args.size]} vs all global"
+              f"{' (all global skipped)' if args.skip_global else ''} (ratios: to '{DET_BASELINE}', same dtype)\n")
+        print_table([r for r in results if r["section"] == "det"], args.device, DET_BASELINE)
+    checks = check_targets(results)
+    if "seg" in sections:
+        print_targets(results, checks, args)
+    if args.json:
+        report = {
+            "config": {k: getattr(args, k) for k in (
+                "size", "seg_size", "det_size", "window_size", "dtypes", "only", "skip_global", "warmup",
+                "steps", "threads", "seed", "device")},
+            "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                            "machine": platform.machine(), "device_name": device_name,
+                            "cpu_count": os.cpu_count(), "load_average_before": load},
+            "results": results,
+            "targets": checks,
+        }
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="base", choices=SIZE_CHOICES,
+                        help="ViT size of ours and mmseg's (default base; tiny for a quick check)")
+    parser.add_argument("--seg-size", type=int, default=512, help="segmentation input side (default 512)")
+    parser.add_argument("--det-size", type=int, default=1024, help="detection input side (default 1024)")
+    parser.add_argument("--window-size", type=int, default=14, help="detection window side (default 14)")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES),
+                        help="fp32 and/or bf16 autocast (default: both)")
+    parser.add_argument("--only", choices=["seg", "det"], help="run one section only (default: both)")
+    parser.add_argument("--skip-global", action="store_true",
+                        help="detection: leave out the all-global configurations (the heavy ones)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps; the median is reported (default 2)")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="torch.set_num_threads on CPU (default: all cores available)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: cuda when available, else cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="OUT", help="also write every figure to this JSON file")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", choices=DTYPES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if min(args.steps, args.threads, args.seg_size, args.det_size, args.window_size) < 1 or args.warmup < 0:
+        parser.error("--steps, --threads, --seg-size, --det-size and --window-size must be >= 1, --warmup >= 0")
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.dtypes = [d for d in DTYPES if d in args.dtypes]  # fp32 first, for the bf16 speed-up
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        if args.config is None or args.dtype is None:
+            raise SystemExit("--worker needs --config and --dtype")
+        print(RESULT_PREFIX + json.dumps(run_worker(args)), flush=True)
+        return 0
+    return run_all(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
