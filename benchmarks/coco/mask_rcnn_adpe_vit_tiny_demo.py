@@ -1,0 +1,55 @@
+# Tiny Mask R-CNN for the demo and tests: tiny ViT (192-d, 4 blocks, windows of 4 with global blocks 1 and 3)
+# on the generated COCO-format folder (data/demo/coco, 128^2 images, polygon masks). Same pieces as ViT-B.
+_base_ = ['./mask_rcnn_adpe_vitb.py']
+data_root = 'data/demo/coco/'
+image_size = (128, 128)
+model = dict(
+    data_preprocessor=dict(batch_augments=[dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)]),
+    backbone=dict(size='tiny', img_size=image_size, window_size=4, global_blocks=(1, 3), drop_path_rate=0.0),
+    neck=dict(in_channels=192, out_channels=64),
+    rpn_head=dict(in_channels=64, feat_channels=64,
+                  anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64])),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=64),
+        bbox_head=dict(in_channels=64, conv_out_channels=64, fc_out_channels=256, num_classes=8),
+        mask_roi_extractor=dict(out_channels=64),
+        mask_head=dict(in_channels=64, conv_out_channels=64, num_classes=8)),
+    # Fewer proposals and sampled RoIs than the ViT-B recipe: 128^2 images hold a handful of objects.
+    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=200), rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)),
+)
+metainfo = dict(classes=('circle', 'square', 'triangle', 'star', 'ring', 'cross', 'ellipse', 'hexagon'))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='RandomResize', scale=image_size, ratio_range=(0.5, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_type='absolute_range', crop_size=image_size, recompute_bbox=True,
+         allow_negative_crop=True),
+    dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='Pad', size=image_size, pad_val=dict(img=(114, 114, 114))),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(batch_size=8, num_workers=2, dataset=dict(
+    data_root=data_root, metainfo=metainfo, filter_cfg=dict(filter_empty_gt=True, min_size=4),
+    pipeline=train_pipeline))
+val_dataloader = dict(batch_size=1, num_workers=1, dataset=dict(
+    data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(lr=3e-4, weight_decay=0.05))
+max_iters = 300
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
+    dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False, milestones=[240], gamma=0.1),
+]
+train_cfg = dict(max_iters=max_iters, val_interval=100)
+default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=100, max_keep_ckpts=1))
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
