@@ -1,0 +1,121 @@
+"""COCO transfer: detection-mode backbone loading, configs, training and testing on mmdet."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("mmdet")
+pytestmark = pytest.mark.mm
+
+from mmdet.registry import MODELS  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
+
+import adpe.mm  # noqa: E402,F401
+from adpe.checkpoint import fit_to_backbone, load_checkpoint_file, to_backbone_state  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+COCO_CONFIGS = sorted((ROOT / "benchmarks/coco").glob("*.py"))
+
+
+@pytest.fixture(autouse=True)
+def _mmdet_scope():
+    init_default_scope("mmdet")
+
+
+def det_backbone(**kw):
+    cfg = dict(type="AdPEViT", size="tiny", img_size=128, mode="det", window_size=4, global_blocks=(1, 3))
+    cfg.update(kw)
+    return MODELS.build(cfg)
+
+
+def test_rpe_release_loads_into_detection_backbone_with_explained_keys_only():
+    ckpt = load_checkpoint_file(FIXTURES / "official_adpe_rpe_tiny.pth")
+    backbone = det_backbone(rel_pos="auto", init_cfg=dict(type="Pretrained", checkpoint=str(
+        FIXTURES / "official_adpe_rpe_tiny.pth")))
+    assert backbone.rel_pos == "irpe"
+    state, dropped = to_backbone_state(ckpt)
+    fitted, adapted = fit_to_backbone(state, backbone)
+    reasons = set(dropped.values()) | set(adapted.values())
+    assert reasons == {"pretraining decoder", "pretraining mask token", "detection mode uses no cls token",
+                       "final norm unused (final_norm=False)"}
+    assert set(fitted) == set(backbone.state_dict())
+    backbone.init_weights()
+    torch.testing.assert_close(backbone.blocks[2].attn.rpe_k.lookup_table_weight,
+                               ckpt["model"]["blocks.2.attn.rpe_k.lookup_table_weight"])
+    assert backbone.pos_embed.shape == (1, 8 * 8 + 1, 192)  # resampled from 7 x 7
+    out = backbone(torch.randn(1, 3, 128, 128))
+    assert len(out) == 1 and out[0].shape == (1, 192, 8, 8)
+
+
+def test_ape_release_loads_into_detection_backbone(tmp_path):
+    timm = pytest.importorskip("timm")
+    reference = timm.models.VisionTransformer(img_size=224, patch_size=16, embed_dim=192, depth=4, num_heads=3,
+                                              num_classes=0)
+    torch.save({"model": reference.state_dict()}, tmp_path / "mae.pth")
+    backbone = det_backbone(init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "mae.pth")))
+    assert backbone.rel_pos == "bias"  # ViTDet's decomposed bias, zero-initialised: the only absent keys
+    state, _ = to_backbone_state(load_checkpoint_file(tmp_path / "mae.pth"))
+    fitted, adapted = fit_to_backbone(state, backbone)
+    absent = set(backbone.state_dict()) - set(fitted)
+    assert absent and all(".rel_bias.rel_pos_" in k for k in absent)
+    backbone.init_weights()
+    torch.testing.assert_close(backbone.blocks[0].attn.qkv.weight, reference.blocks[0].attn.qkv.weight)
+    assert all(not p.any() for n, p in backbone.named_parameters() if "rel_pos_" in n)
+
+
+@pytest.mark.parametrize("path", COCO_CONFIGS, ids=lambda p: p.name)
+def test_every_coco_config_builds(path):
+    cfg = Config.fromfile(path)
+    model = MODELS.build(cfg.model)
+    assert cfg.model.backbone.mode == "det" and model.neck.num_outs == 5
+    if path.name == "mask_rcnn_adpe_vitb.py":
+        assert cfg.train_cfg.max_iters == 184375 and cfg.train_dataloader.batch_size * 8 == 64
+        assert [s.get("milestones") for s in cfg.param_scheduler][1] == [163889, 177546]
+        assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.7
+        assert model.rpn_head.num_convs == 2
+        assert model.roi_head.bbox_head.num_shared_convs == 4 and model.roi_head.bbox_head.num_shared_fcs == 1
+        timm = pytest.importorskip("timm")
+        reference = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+        encoder = sum(p.numel() for n, p in reference.named_parameters()
+                      if n not in ("pos_embed", "cls_token") and not n.startswith("norm."))
+        windowed = 8 * 2 * (2 * 14 - 1) * 64  # decomposed bias, per axis (2S-1) x head_dim
+        global_ = 4 * 2 * (2 * 64 - 1) * 64
+        ours = sum(p.numel() for p in model.backbone.parameters())
+        assert ours == encoder + (64 * 64 + 1) * 768 + windowed + global_
+
+
+def test_tiny_mask_rcnn_trains_and_dist_test_reports_box_and_mask_ap(tmp_path):
+    from adpe.demo_data import write_coco
+
+    data = write_coco(tmp_path / "coco", n_train=32, n_val=8, size=128, seed=0)
+    ann = f"{data}/annotations/instances_val2017.json"
+    work = tmp_path / "work"
+    config = str(ROOT / "benchmarks/coco/mask_rcnn_adpe_vit_tiny_demo.py")
+    data_opts = [f"{k}.dataset.data_root={data}/" for k in ("train_dataloader", "val_dataloader", "test_dataloader")]
+    data_opts += [f"val_evaluator.ann_file={ann}", f"test_evaluator.ann_file={ann}",
+                  "model.test_cfg.rcnn.score_thr=0.0"]  # keep detections, so that AP is computed even this early
+    workers = [f"{k}.{o}" for k in ("train_dataloader", "val_dataloader", "test_dataloader")
+               for o in ("num_workers=0", "persistent_workers=False")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(["bash", str(ROOT / "tools/dist_train.sh"), config, "1", "--work-dir", str(work),
+                    "--cfg-options", *data_opts, *workers, "train_cfg.max_iters=30", "train_cfg.val_interval=30",
+                    "default_hooks.logger.interval=5", "log_processor.window_size=5",
+                    "optim_wrapper.optimizer.lr=1e-3"],
+                   check=True, env=env, cwd=ROOT, capture_output=True)
+    rows = [json.loads(line) for f in work.glob("*/vis_data/scalars.json") for line in f.open()]
+    losses = [r["loss"] for r in rows if "loss" in r and r["step"] % 5 == 0]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
+    subprocess.run(["bash", str(ROOT / "tools/dist_test.sh"), config, str(work / "iter_30.pth"), "1",
+                    "--work-dir", str(work), "--cfg-options", *data_opts, *workers[4:]],
+                   check=True, env=env, cwd=ROOT, capture_output=True)
+    metrics = json.loads((work / "test_results.json").read_text())["metrics"]
+    assert {"coco/bbox_mAP", "coco/segm_mAP", "coco/bbox_mAP_50"} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("coco/bbox_mAP", "coco/segm_mAP"))
