@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# pretrain -> export -> ADE20K -> COCO -> report for a list of variants: tools/pipeline.sh --config FILE.yaml
+# [--dry-run] [--only VARIANT ...] [--stages ...]. See tools/pipeline.py.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+[[ -x $PYTHON ]] || PYTHON=python3
+cd "$ROOT"
+exec "$PYTHON" tools/pipeline.py "$@"
