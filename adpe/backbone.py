@@ -25,7 +25,7 @@ from adpe.mae import SIZES, ViTSize
 from adpe.pos_embed import sincos_2d_table
 from adpe.rel_bias import DecomposedRelPos, RelPosBias
 from adpe.rpe import continuous_lookup, discrete_lookup, grid_offsets
-from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights
+from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -92,7 +92,8 @@ class ViTBackbone(nn.Module):
             self._block(i, rates[i], mlp_ratio, window_size, global_blocks) for i in range(dims.depth)
         )
         self.norm = LayerNorm(dims.embed_dim) if final_norm else None
-        self.apply(init_mae_weights)
+        self.apply(init_mae_weights)  # MAE's scheme, for rows trained without a pretrained checkpoint
+        init_patch_embed_(self.patch_embed.proj)
         if mode == "seg":
             nn.init.normal_(self.cls_token, std=0.02)
 

@@ -162,9 +162,7 @@ class MaskedAutoencoder(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
         if hasattr(self, "mask_token"):
             nn.init.normal_(self.mask_token, std=0.02)
-        for name, module in self.named_modules():
-            if name != "patch_embed.proj":
-                init_mae_weights(module)
+        self.apply(init_mae_weights)  # linears and norms; the patch projection was initialised above
 
     # ---------------------------------------------------------------- patches and masks
     def patchify(self, imgs: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# torchrun launcher for tools/test.py: dist_test.sh CONFIG CHECKPOINT GPUS [args...]
-# Writes WORK_DIR/test_results.json. Environment as for dist_train.sh.
+# Evaluate a trained checkpoint on GPUS processes; writes WORK_DIR/test_results.json.
+# dist_test.sh CONFIG CHECKPOINT GPUS [--work-dir DIR] [--out FILE] [--cfg-options k=v ...]
 set -euo pipefail
 if [[ $# -lt 3 ]]; then
     echo "usage: $0 CONFIG CHECKPOINT GPUS [--work-dir DIR] [--out FILE] [--cfg-options k=v ...]" >&2
@@ -10,15 +10,4 @@ CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3
 shift 3
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
-[[ -x $PYTHON ]] || PYTHON=python3
-NNODES=${NNODES:-1}
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-if [[ $GPUS -eq 1 && $NNODES -eq 1 ]]; then
-    exec "$PYTHON" "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" --launcher none "$@"
-fi
-exec "$PYTHON" -m torch.distributed.run \
-    --nnodes="$NNODES" --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}" \
-    --nproc_per_node="$GPUS" --master_port="${PORT:-29500}" \
-    "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "$@"
+exec "$(dirname "$0")/launch.sh" test.py "$GPUS" "$CONFIG" "$CHECKPOINT" "$@"

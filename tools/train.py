@@ -38,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """Processes of this job: torchrun sets WORLD_SIZE, srun SLURM_NTASKS (mmengine copies it later)."""
+    return int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
 
 
 def apply_effective_batch(cfg: Config) -> None:
