@@ -59,21 +59,15 @@ Targets
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+import bench_common as bench
+
+if bench.REPO not in sys.path:
+    sys.path.insert(0, bench.REPO)
 
 
 @dataclass(frozen=True)
@@ -101,7 +95,6 @@ CONFIGS: dict[str, Config] = {c.name: c for c in (
 )}
 SEG_BASELINE = "mmseg_mae"
 DET_BASELINE = "window"
-DTYPES = ("fp32", "bf16")
 SIZE_CHOICES = ("tiny", "base", "large", "huge")
 
 # Per size: the seg recipe's out_indices (mmseg's MAE / BEiT configs) and ViTDet's global blocks.
@@ -114,16 +107,6 @@ MMSEG_INIT_VALUES = 1.0  # the mmseg MAE ADE20K recipe's layer-scale init
 MAX_RATIO_TO_MMSEG = 1.0
 REFERENCE_CONFIG = {"size": "base", "seg_size": 512, "device": "cpu"}
 REFERENCE_MMSEG_S = {"fp32": 7.0, "bf16": 4.0}  # mmseg's ViT-B, 512^2, batch 1, 2-core development CPU
-
-RESULT_PREFIX = "@@BENCH_RESULT@@ "
-GIB = 1024**3
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------------------------- worker
@@ -161,89 +144,46 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     config = CONFIGS[args.config]
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    device = bench.prepare_worker(args)
     model = build_model(args, config).to(device)
     side = args.seg_size if config.section == "seg" else args.det_size
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    imgs = torch.randn((1, 3, side, side), generator=generator).to(device)
-
-    def autocast() -> Any:
-        if args.dtype == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    imgs = bench.random_inputs((1, 3, side, side), args.seed, device)
 
     def step() -> torch.Tensor:
         model.zero_grad(set_to_none=True)
-        with autocast():
+        with bench.autocast(args.dtype, device):
             outputs = model(imgs)
             loss = sum(out.float().mean() for out in outputs)
         loss.backward()
         return loss.detach()
 
-    for _ in range(args.warmup):
-        step()
-    sync()
-    times = []
-    loss = None
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        loss = step()
-        sync()
-        times.append(time.perf_counter() - start)
-
-    rss_unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    times, loss = bench.time_steps(step, args.warmup, args.steps, device)
     return {
         "config": config.name,
         "section": config.section,
         "dtype": args.dtype,
         "input": [1, 3, side, side],
-        "step_times_s": times,
-        "seconds_per_step": statistics.median(times),
+        **bench.timing_fields(times),
         "loss": float(loss) if loss is not None else None,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * rss_unit / GIB,
-        "peak_cuda_gib": torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "threads": torch.get_num_threads(),
+        **bench.peak_memory_fields(device),
+        **bench.model_fields(model),
     }
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def worker_command(args: argparse.Namespace, config: str, dtype: str) -> list[str]:
-    return [
-        sys.executable, os.path.abspath(__file__), "--worker", "--config", config, "--dtype", dtype,
-        "--size", args.size, "--seg-size", str(args.seg_size), "--det-size", str(args.det_size),
-        "--window-size", str(args.window_size), "--warmup", str(args.warmup), "--steps", str(args.steps),
-        "--threads", str(args.threads), "--seed", str(args.seed), "--device", args.device,
-    ]
-
-
 def launch(args: argparse.Namespace, config: str, dtype: str) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
-    if args.device == "cpu":
-        env.setdefault("OMP_NUM_THREADS", str(args.threads))
-    proc = subprocess.run(worker_command(args, config, dtype), env=env, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout or "(no output)").strip().splitlines() or ["(no output)"]
-        return {"config": config, "section": CONFIGS[config].section, "dtype": dtype,
-                "error": f"exit {proc.returncode}: {tail[-1]}", "stderr_tail": tail[-30:]}
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    """Run one (configuration, dtype) pair in a worker subprocess."""
+    options = ["--config", config, "--dtype", dtype,
+               *bench.forwarded_options(args, ("size", "seg_size", "det_size", "window_size", *bench.RUN_OPTIONS))]
+    identity = {"config": config, "section": CONFIGS[config].section, "dtype": dtype}
+    return bench.launch_worker(__file__, options, args, identity)
 
 
 def fill_derived(results: list[dict[str, Any]]) -> None:
     """Add bf16 speed-ups and time / memory ratios to the section's baseline (same dtype), in place."""
-    by_key = {(r["config"], r["dtype"]): r for r in results if "error" not in r}
+    by_key = bench.successful_by_key(results, "config")
     for (name, dtype), r in by_key.items():
-        fp32 = by_key.get((name, "fp32"))
-        r["bf16_speedup"] = fp32["seconds_per_step"] / r["seconds_per_step"] if dtype == "bf16" and fp32 else None
+        r["bf16_speedup"] = bench.bf16_speedup(by_key.get((name, "fp32")), dtype, r["seconds_per_step"])
         baseline = SEG_BASELINE if r["section"] == "seg" else DET_BASELINE
         base = by_key.get((baseline, dtype))
         r["baseline"] = baseline
@@ -254,10 +194,6 @@ def fill_derived(results: list[dict[str, Any]]) -> None:
                                if r["peak_cuda_gib"] is not None and base["peak_cuda_gib"] else None)
         else:
             r["time_ratio"] = r["rss_ratio"] = r["cuda_ratio"] = None
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def print_table(results: list[dict[str, Any]], device: str, baseline: str) -> None:
@@ -275,17 +211,12 @@ def print_table(results: list[dict[str, Any]], device: str, baseline: str) -> No
         is_base = r["config"] == baseline
         row = [r["config"], config.description, r["dtype"], f"{r['seconds_per_step']:.3f}",
                f"{r['peak_rss_gib']:.2f}"]
-        row += [_fmt(r["peak_cuda_gib"], ".2f")] if cuda else []
-        row += [_fmt(r["bf16_speedup"], ".2f"),
-                "(baseline)" if is_base else _fmt(r["time_ratio"], ".3f"),
-                "(baseline)" if is_base else _fmt(r["cuda_ratio"] if cuda else r["rss_ratio"], ".3f")]
+        row += [bench.fmt(r["peak_cuda_gib"], ".2f")] if cuda else []
+        row += [bench.fmt(r["bf16_speedup"], ".2f"),
+                "(baseline)" if is_base else bench.fmt(r["time_ratio"], ".3f"),
+                "(baseline)" if is_base else bench.fmt(r["cuda_ratio"] if cuda else r["rss_ratio"], ".3f")]
         rows.append(row)
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for n, row in enumerate([header, *rows]):
-        cells = [c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        print("  ".join(cells).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    bench.print_aligned(header, rows, right=range(3, len(header)))
 
 
 def check_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -301,24 +232,16 @@ def check_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def print_targets(results: list[dict[str, Any]], checks: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print("\ntargets (segmentation: ours no slower than mmseg's MAE backbone, same size, input and dtype):")
-    for c in checks:
-        print(f"  [{'ok' if c['ok'] else 'MISS'}] {c['target']}: {c['value']:.3f}")
+    bench.print_check_lines(checks)
     if not checks:
         print("  (none checked: mmseg's backbone or ours missing from this run)")
-    is_reference = all(getattr(args, k) == v for k, v in REFERENCE_CONFIG.items())
+    is_reference = bench.matches_reference(args, REFERENCE_CONFIG)
     measured = {r["dtype"]: r["seconds_per_step"] for r in results
                 if r["config"] == SEG_BASELINE and "error" not in r}
     reference = ", ".join(f"{d} about {s:.0f} s" for d, s in REFERENCE_MMSEG_S.items())
     here = ", ".join(f"{d} {s:.2f} s" for d, s in measured.items()) or "not run"
     note = "" if is_reference else " (this run is not that configuration)"
     print(f"  reference: mmseg MAE ViT-B 512^2 batch 1 on the 2-core CPU: {reference}; this run: {here}{note}")
-
-
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 def selected_configs(args: argparse.Namespace, section: str) -> list[str]:
@@ -331,24 +254,16 @@ def selected_configs(args: argparse.Namespace, section: str) -> list[str]:
 def run_all(args: argparse.Namespace) -> int:
     import torch
 
-    load = load_average()
-    if args.device == "cpu" and load is not None and load > 0.5:
-        print(f"[bench] warning: 1-minute load average is {load:.1f} before the run; CPU timings will be "
-              "noisy unless the machine is otherwise idle", file=sys.stderr, flush=True)
+    load = bench.warn_if_busy(args.device)
     sections = ["seg", "det"] if args.only is None else [args.only]
     results: list[dict[str, Any]] = []
     for section in sections:
         for name in selected_configs(args, section):
             for dtype in args.dtypes:
-                print(f"[bench] {section} {name} {dtype} ...", file=sys.stderr, flush=True)
-                started = time.perf_counter()
-                result = launch(args, name, dtype)
-                status = result.get("error") or f"{result['seconds_per_step']:.3f} s/step"
-                print(f"[bench]   {status} ({time.perf_counter() - started:.0f} s wall)", file=sys.stderr, flush=True)
-                results.append(result)
+                results.append(bench.run_logged(f"{section} {name} {dtype}", partial(launch, args, name, dtype)))
     fill_derived(results)
 
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    device_name = bench.device_description(args.device)
     print(f"\nViT-{args.size}, batch 1, forward + backward (loss = sum of the outputs' means), train mode, "
           f"device {args.device} ({device_name}), {args.threads} threads, median of {args.steps} steps after "
           f"{args.warmup} warm-up, torch {torch.__version__}")
@@ -364,21 +279,10 @@ def run_all(args: argparse.Namespace) -> int:
     checks = check_targets(results)
     if "seg" in sections:
         print_targets(results, checks, args)
-    if args.json:
-        report = {
-            "config": {k: getattr(args, k) for k in (
-                "size", "seg_size", "det_size", "window_size", "dtypes", "only", "skip_global", "warmup",
-                "steps", "threads", "seed", "device")},
-            "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "machine": platform.machine(), "device_name": device_name,
-                            "cpu_count": os.cpu_count(), "load_average_before": load},
-            "results": results,
-            "targets": checks,
-        }
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"\nwrote {args.json}")
-    return 1 if any("error" in r for r in results) else 0
+    config_keys = ("size", "seg_size", "det_size", "window_size", "dtypes", "only", "skip_global", "warmup",
+                   "steps", "threads", "seed", "device")
+    bench.write_report(args, config_keys, device_name, load, results, checks)
+    return bench.exit_status(results)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -388,41 +292,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seg-size", type=int, default=512, help="segmentation input side (default 512)")
     parser.add_argument("--det-size", type=int, default=1024, help="detection input side (default 1024)")
     parser.add_argument("--window-size", type=int, default=14, help="detection window side (default 14)")
-    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES),
-                        help="fp32 and/or bf16 autocast (default: both)")
+    bench.add_dtypes_option(parser)
     parser.add_argument("--only", choices=["seg", "det"], help="run one section only (default: both)")
     parser.add_argument("--skip-global", action="store_true",
                         help="detection: leave out the all-global configurations (the heavy ones)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps; the median is reported (default 2)")
-    parser.add_argument("--threads", type=int, default=default_threads(),
-                        help="torch.set_num_threads on CPU (default: all cores available)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="auto: cuda when available, else cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="OUT", help="also write every figure to this JSON file")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    bench.add_run_options(parser, default_steps=2)
     parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
-    parser.add_argument("--dtype", choices=DTYPES, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if min(args.steps, args.threads, args.seg_size, args.det_size, args.window_size) < 1 or args.warmup < 0:
-        parser.error("--steps, --threads, --seg-size, --det-size and --window-size must be >= 1, --warmup >= 0")
-    if args.device == "auto":
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.dtypes = [d for d in DTYPES if d in args.dtypes]  # fp32 first, for the bf16 speed-up
-    return args
+    return bench.parse_checked(parser, argv, positive=("steps", "threads", "seg_size", "det_size", "window_size"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        if args.config is None or args.dtype is None:
-            raise SystemExit("--worker needs --config and --dtype")
-        print(RESULT_PREFIX + json.dumps(run_worker(args)), flush=True)
-        return 0
-    return run_all(args)
+    return bench.dispatch(parse_args(argv), "config", run_worker, run_all)
 
 
 if __name__ == "__main__":

@@ -50,19 +50,12 @@ Reference figures (ViT-B, 8 images x 4 crops x 112^2, fp32, 2-core CPU)
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import bench_common as bench
 
 VARIANTS: dict[str, dict[str, str]] = {
     "mae_plus_ape": {},
@@ -82,8 +75,6 @@ BASELINES: dict[str, tuple[str, ...]] = {
     "mae_plus_rpe_cont": ("mae_plus_rpe",),
     "adpe_rpe_coord": ("mae_plus_rpe", "mae_plus_rpe_cont"),
 }
-DTYPES = ("fp32", "bf16")
-
 # Targets (see the docstring); the absolute ones hold for the reference configuration only.
 REFERENCE_CONFIG = {"size": "base", "images": 8, "crops": 4, "img_size": 112, "device": "cpu"}
 REFERENCE_FP32_S = {"mae_plus_ape": 5.8, "mae_plus_rpe": 6.0, "mae_plus_rpe_cont": 6.0}
@@ -95,16 +86,6 @@ DEFAULT_MAX_RATIO = 1.05
 LR = 1.5e-4 * 4096 / 256
 BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.05
-
-RESULT_PREFIX = "@@BENCH_RESULT@@ "
-GIB = 1024**3
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------------------------- FLOP count
@@ -150,30 +131,16 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     from adpe.mae import MaskedAutoencoder
     from adpe.optim import pretrain_param_groups
 
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    device = bench.prepare_worker(args)
     model = MaskedAutoencoder(args.size, img_size=args.img_size, **VARIANTS[args.variant]).to(device)
     model.train()
     groups = pretrain_param_groups(model, lr=LR, weight_decay=WEIGHT_DECAY, adv_lr=LR)
     optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    shape = (args.images * args.crops, 3, args.img_size, args.img_size)
-    imgs = torch.randn(shape, generator=generator).to(device)
-
-    def autocast() -> Any:
-        if args.dtype == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    imgs = bench.random_inputs((args.images * args.crops, 3, args.img_size, args.img_size), args.seed, device)
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        with autocast():
+        with bench.autocast(args.dtype, device):
             loss = model(imgs)["loss"]
         loss.backward()
         optimizer.step()
@@ -181,29 +148,15 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
             model.adversary.project_()
         return loss.detach()
 
-    for _ in range(args.warmup):
-        step()
-    sync()
-    times = []
-    loss = None
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        loss = step()
-        sync()
-        times.append(time.perf_counter() - start)
-
+    times, loss = bench.time_steps(step, args.warmup, args.steps, device)
     # Peak memory before the FLOP count, so that it is the training step's alone.
-    rss_unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     result: dict[str, Any] = {
         "variant": args.variant,
         "dtype": args.dtype,
-        "step_times_s": times,
-        "seconds_per_step": statistics.median(times),
+        **bench.timing_fields(times),
         "final_loss": float(loss) if loss is not None else None,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * rss_unit / GIB,
-        "peak_cuda_gib": torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "threads": torch.get_num_threads(),
+        **bench.peak_memory_fields(device),
+        **bench.model_fields(model),
     }
     if args.count_flops:
         optimizer.zero_grad(set_to_none=True)
@@ -212,35 +165,17 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def worker_command(args: argparse.Namespace, variant: str, dtype: str, count: bool) -> list[str]:
-    cmd = [
-        sys.executable, os.path.abspath(__file__), "--worker",
-        "--variant", variant, "--dtype", dtype,
-        "--size", args.size, "--images", str(args.images), "--crops", str(args.crops),
-        "--img-size", str(args.img_size), "--warmup", str(args.warmup), "--steps", str(args.steps),
-        "--threads", str(args.threads), "--seed", str(args.seed), "--device", args.device,
-    ]
-    return cmd + (["--count-flops"] if count else [])
-
-
 def launch(args: argparse.Namespace, variant: str, dtype: str, count: bool) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
-    if args.device == "cpu":
-        env.setdefault("OMP_NUM_THREADS", str(args.threads))
-    cmd = worker_command(args, variant, dtype, count)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout or "(no output)").strip().splitlines()
-        return {"variant": variant, "dtype": dtype, "error": f"exit {proc.returncode}: {tail[-1]}",
-                "stderr_tail": tail[-30:]}
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    """Run one (variant, dtype) pair in a worker subprocess; ``count``: also count its FLOP."""
+    options = ["--variant", variant, "--dtype", dtype,
+               *bench.forwarded_options(args, ("size", "images", "crops", "img_size", *bench.RUN_OPTIONS))]
+    options += ["--count-flops"] if count else []
+    return bench.launch_worker(__file__, options, args, {"variant": variant, "dtype": dtype})
 
 
 def fill_derived(results: list[dict[str, Any]], images: int) -> None:
     """Add images/s, FLOP figures, bf16 speed-ups and baseline ratios to the results in place."""
-    by_key = {(r["variant"], r["dtype"]): r for r in results if "error" not in r}
+    by_key = bench.successful_by_key(results, "variant")
     flops = {r["variant"]: r["flop_per_step"] for r in results if r.get("flop_per_step")}
     for (variant, dtype), r in by_key.items():
         seconds = r["seconds_per_step"]
@@ -248,16 +183,11 @@ def fill_derived(results: list[dict[str, Any]], images: int) -> None:
         r["flop_per_step"] = flops.get(variant)
         r["tflop_per_step"] = flops[variant] / 1e12 if variant in flops else None
         r["gflop_per_s"] = flops[variant] / seconds / 1e9 if variant in flops else None
-        fp32 = by_key.get((variant, "fp32"))
-        r["bf16_speedup"] = fp32["seconds_per_step"] / seconds if dtype == "bf16" and fp32 else None
+        r["bf16_speedup"] = bench.bf16_speedup(by_key.get((variant, "fp32")), dtype, seconds)
         r["ratio_to_baseline"] = {
             base: seconds / by_key[(base, dtype)]["seconds_per_step"]
             for base in BASELINES[variant] if (base, dtype) in by_key
         }
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def print_table(results: list[dict[str, Any]], device: str) -> None:
@@ -273,23 +203,16 @@ def print_table(results: list[dict[str, Any]], device: str) -> None:
         ratios = ", ".join(f"{v:.3f} vs {k}" for k, v in r["ratio_to_baseline"].items())
         rows.append([
             r["variant"], r["dtype"], f"{r['seconds_per_step']:.3f}", f"{r['images_per_s']:.2f}",
-            _fmt(r["tflop_per_step"], ".4g"), _fmt(r["gflop_per_s"], ".1f"), f"{mem:.2f}",
-            _fmt(r["bf16_speedup"], ".2f"), ratios or ("(baseline)" if not BASELINES[r["variant"]] else "-"),
+            bench.fmt(r["tflop_per_step"], ".4g"), bench.fmt(r["gflop_per_s"], ".1f"), f"{mem:.2f}",
+            bench.fmt(r["bf16_speedup"], ".2f"), ratios or ("(baseline)" if not BASELINES[r["variant"]] else "-"),
         ])
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    right = {2, 3, 4, 5, 6, 7}
-    for n, row in enumerate([header, *rows]):
-        cells = [c.rjust(w) if i in right else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        print("  ".join(cells).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    bench.print_aligned(header, rows, right={2, 3, 4, 5, 6, 7})
 
 
 def check_targets(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """The docstring's targets that this run can check: [{'target', 'value', 'ok'}]."""
     checks: list[dict[str, Any]] = []
-    is_reference = all(getattr(args, k) == v for k, v in REFERENCE_CONFIG.items())
+    is_reference = bench.matches_reference(args, REFERENCE_CONFIG)
     for r in results:
         if "error" in r:
             continue
@@ -312,40 +235,23 @@ def check_targets(results: list[dict[str, Any]], args: argparse.Namespace) -> li
 def print_checks(checks: list[dict[str, Any]], args: argparse.Namespace) -> None:
     if not checks:
         return
-    is_reference = all(getattr(args, k) == v for k, v in REFERENCE_CONFIG.items())
+    is_reference = bench.matches_reference(args, REFERENCE_CONFIG)
     note = "" if is_reference else " (not the reference configuration: absolute times not checked)"
     print(f"\ntargets{note}:")
-    for c in checks:
-        print(f"  [{'ok' if c['ok'] else 'MISS'}] {c['target']}: {c['value']:.3f}")
-
-
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
+    bench.print_check_lines(checks)
 
 
 def run_all(args: argparse.Namespace) -> int:
-    load = load_average()
-    if args.device == "cpu" and load is not None and load > 0.5:
-        print(f"[bench] warning: 1-minute load average is {load:.1f} before the run; CPU timings will be "
-              "noisy unless the machine is otherwise idle", file=sys.stderr, flush=True)
+    load = bench.warn_if_busy(args.device)
     results: list[dict[str, Any]] = []
     for variant in args.variants:
         for n, dtype in enumerate(args.dtypes):
-            print(f"[bench] {variant} {dtype} ...", file=sys.stderr, flush=True)
-            started = time.perf_counter()
-            result = launch(args, variant, dtype, count=n == 0)
-            status = result.get("error") or f"{result['seconds_per_step']:.3f} s/step"
-            wall = time.perf_counter() - started
-            print(f"[bench]   {status} ({wall:.0f} s wall)", file=sys.stderr, flush=True)
-            results.append(result)
+            results.append(bench.run_logged(f"{variant} {dtype}", partial(launch, args, variant, dtype, n == 0)))
     fill_derived(results, args.images)
 
     import torch
 
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    device_name = bench.device_description(args.device)
     print(f"\nViT-{args.size}, {args.images} images x {args.crops} crops x {args.img_size}^2 "
           f"(batch {args.images * args.crops}), device {args.device} ({device_name}), "
           f"{args.threads} threads, median of {args.steps} steps after {args.warmup} warm-up, "
@@ -353,21 +259,10 @@ def run_all(args: argparse.Namespace) -> int:
     print_table(results, args.device)
     checks = check_targets(results, args)
     print_checks(checks, args)
-    if args.json:
-        report = {
-            "config": {k: getattr(args, k) for k in (
-                "size", "images", "crops", "img_size", "warmup", "steps", "threads", "seed", "device",
-                "variants", "dtypes")},
-            "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "machine": platform.machine(), "device_name": device_name,
-                            "cpu_count": os.cpu_count(), "load_average_before": load},
-            "results": results,
-            "targets": checks,
-        }
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"\nwrote {args.json}")
-    return 1 if any("error" in r for r in results) else 0
+    config_keys = ("size", "images", "crops", "img_size", "warmup", "steps", "threads", "seed", "device",
+                   "variants", "dtypes")
+    bench.write_report(args, config_keys, device_name, load, results, checks)
+    return bench.exit_status(results)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -376,46 +271,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         metavar="VARIANT", help=f"which variants (default: all): {', '.join(VARIANTS)}")
-    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES),
-                        help="fp32 and/or bf16 autocast (default: both)")
+    bench.add_dtypes_option(parser)
     parser.add_argument("--size", default="base", choices=["tiny", "base", "large", "huge"],
                         help="model size (default base)")
     parser.add_argument("--images", type=int, default=8, help="images per step (default 8)")
     parser.add_argument("--crops", type=int, default=4, help="crops per image (default 4)")
     parser.add_argument("--img-size", type=int, default=112, help="crop side (default 112)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
-    parser.add_argument("--steps", type=int, default=3,
-                        help="timed steps; the median is reported (default 3)")
-    parser.add_argument("--threads", type=int, default=default_threads(),
-                        help="torch.set_num_threads on CPU (default: all cores available)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="auto: cuda when available, else cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="OUT", help="also write every figure to this JSON file")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    bench.add_run_options(parser, default_steps=3)
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
-    parser.add_argument("--dtype", choices=DTYPES, help=argparse.SUPPRESS)
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if min(args.images, args.crops, args.steps, args.threads) < 1 or args.warmup < 0:
-        parser.error("--images, --crops, --steps and --threads must be >= 1, --warmup >= 0")
-    if args.device == "auto":
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args = bench.parse_checked(parser, argv, positive=("images", "crops", "steps", "threads"))
     args.variants = list(dict.fromkeys(args.variants))
-    args.dtypes = [d for d in DTYPES if d in args.dtypes]  # fp32 first: it carries the FLOP count
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        if args.variant is None or args.dtype is None:
-            raise SystemExit("--worker needs --variant and --dtype")
-        print(RESULT_PREFIX + json.dumps(run_worker(args)), flush=True)
-        return 0
-    return run_all(args)
+    return bench.dispatch(parse_args(argv), "variant", run_worker, run_all)
 
 
 if __name__ == "__main__":

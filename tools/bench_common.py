@@ -1,0 +1,321 @@
+"""Shared machinery of the benchmark scripts in this folder (``benchmark_pretrain.py``, ``benchmark_backbone.py``).
+
+Each benchmark runs every measured pair in its own subprocess: the driver re-invokes its own script with a
+hidden ``--worker`` flag, the worker prints one JSON line marked with ``RESULT_PREFIX`` on stdout, and the
+driver parses it (so that each pair's peak memory is its own). This module holds what both sides share:
+
+* the command line both scripts have in common (``add_dtypes_option``, ``add_run_options``, ``parse_checked``)
+  and ``dispatch``, which runs the worker or the driver;
+* worker helpers: thread count and seed, random inputs, bf16 autocast, timing, peak memory;
+* driver helpers: launching a worker and parsing its result, the load-average warning, table and target
+  printing, and the JSON report.
+
+The scripts import it as a sibling module (``import bench_common as bench``): running
+``python tools/benchmark_x.py`` puts ``tools/`` first on ``sys.path``, in the driver and in every worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_PREFIX = "@@BENCH_RESULT@@ "
+GIB = 1024**3
+DTYPES = ("fp32", "bf16")
+# The options that every worker takes from its driver, besides its own (see ``add_run_options``).
+RUN_OPTIONS = ("warmup", "steps", "threads", "seed", "device")
+
+Result = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def default_threads() -> int:
+    """The number of cores this process may run on (all of them where affinity is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def add_dtypes_option(parser: argparse.ArgumentParser) -> None:
+    """``--dtypes``: fp32 and/or bf16 autocast, both by default."""
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES),
+                        help="fp32 and/or bf16 autocast (default: both)")
+
+
+def add_run_options(parser: argparse.ArgumentParser, default_steps: int) -> None:
+    """The shared options from ``--warmup`` to ``--json``, then the hidden ``--worker`` and ``--dtype``."""
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    parser.add_argument("--steps", type=int, default=default_steps,
+                        help=f"timed steps; the median is reported (default {default_steps})")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="torch.set_num_threads on CPU (default: all cores available)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: cuda when available, else cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="OUT", help="also write every figure to this JSON file")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", choices=DTYPES, help=argparse.SUPPRESS)
+
+
+def parse_checked(
+    parser: argparse.ArgumentParser, argv: list[str] | None, positive: Sequence[str]
+) -> argparse.Namespace:
+    """Parse ``argv``; the ``positive`` options (attribute names) must be >= 1 and ``--warmup`` >= 0.
+
+    Then ``--device auto`` is resolved and the dtypes are put in order, fp32 first (it carries what bf16 is
+    compared with).
+    """
+    args = parser.parse_args(argv)
+    if min(getattr(args, name) for name in positive) < 1 or args.warmup < 0:
+        flags = [f"--{name.replace('_', '-')}" for name in positive]
+        parser.error(f"{', '.join(flags[:-1])} and {flags[-1]} must be >= 1, --warmup >= 0")
+    _finish_args(args)
+    return args
+
+
+def _finish_args(args: argparse.Namespace) -> None:
+    """Resolve ``--device auto`` and put the dtypes in order, fp32 first."""
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.dtypes = [d for d in DTYPES if d in args.dtypes]
+
+
+def dispatch(
+    args: argparse.Namespace,
+    selector: str,
+    run_worker: Callable[[argparse.Namespace], Result],
+    run_all: Callable[[argparse.Namespace], int],
+) -> int:
+    """As a worker, print ``run_worker``'s result as one marked JSON line; else run the driver ``run_all``.
+
+    ``selector`` names the hidden option (besides ``--dtype``) that picks the worker's pair.
+    """
+    if not args.worker:
+        return run_all(args)
+    if getattr(args, selector) is None or args.dtype is None:
+        raise SystemExit(f"--worker needs --{selector} and --dtype")
+    print(RESULT_PREFIX + json.dumps(run_worker(args)), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- worker
+def prepare_worker(args: argparse.Namespace) -> torch.device:
+    """The worker's device; sets the thread count on CPU and seeds torch."""
+    import torch
+
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return device
+
+
+def random_inputs(shape: Sequence[int], seed: int, device: torch.device) -> torch.Tensor:
+    """Standard-normal inputs drawn on the CPU from their own seeded generator, then moved to ``device``."""
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(tuple(shape), generator=generator).to(device)
+
+
+def autocast(dtype: str, device: torch.device) -> AbstractContextManager[Any]:
+    """bf16 autocast on ``device`` for ``dtype == 'bf16'``; a no-op context for fp32."""
+    import torch
+
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA only; CPU work is synchronous)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], Any], warmup: int, steps: int, device: torch.device) -> tuple[list[float], Any]:
+    """Run ``warmup`` untimed steps, then time ``steps`` steps; the seconds of each and the last step's value."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    times = []
+    last = None
+    for _ in range(steps):
+        start = time.perf_counter()
+        last = step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times, last
+
+
+def timing_fields(times: list[float]) -> Result:
+    """``step_times_s`` and their median, ``seconds_per_step``."""
+    return {"step_times_s": times, "seconds_per_step": statistics.median(times)}
+
+
+def peak_memory_fields(device: torch.device) -> Result:
+    """This process's peak RSS (``getrusage``) and, on CUDA, its peak allocated device memory, in GiB."""
+    import torch
+
+    rss_unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * rss_unit / GIB,
+        "peak_cuda_gib": torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
+    }
+
+
+def model_fields(model: torch.nn.Module) -> Result:
+    """The model's parameter count and the number of threads torch ran with."""
+    import torch
+
+    return {"parameters": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def forwarded_options(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
+    """``--name value`` for each of ``names`` (attribute names; underscores become dashes)."""
+    options: list[str] = []
+    for name in names:
+        options += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return options
+
+
+def launch_worker(
+    script: str, options: list[str], args: argparse.Namespace, identity: Result
+) -> Result:
+    """Run ``script --worker *options`` in a subprocess and return the result it printed.
+
+    The worker gets the repository on ``PYTHONPATH`` and, on CPU, ``OMP_NUM_THREADS`` (unless already set).
+    On failure: ``identity`` plus ``error`` (the exit status and the last line of output) and ``stderr_tail``.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    if args.device == "cpu":
+        env.setdefault("OMP_NUM_THREADS", str(args.threads))
+    cmd = [sys.executable, os.path.abspath(script), "--worker", *options]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout or "(no output)").strip().splitlines() or ["(no output)"]
+        return {**identity, "error": f"exit {proc.returncode}: {tail[-1]}", "stderr_tail": tail[-30:]}
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the platform has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def warn_if_busy(device: str) -> float | None:
+    """Warn on stderr when a CPU run starts on a loaded machine; returns the load average before the run."""
+    load = load_average()
+    if device == "cpu" and load is not None and load > 0.5:
+        print(f"[bench] warning: 1-minute load average is {load:.1f} before the run; CPU timings will be "
+              "noisy unless the machine is otherwise idle", file=sys.stderr, flush=True)
+    return load
+
+
+def run_logged(label: str, launch: Callable[[], Result]) -> Result:
+    """Call ``launch`` with progress lines on stderr: the label, then the step time or error and wall time."""
+    print(f"[bench] {label} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    result = launch()
+    status = result.get("error") or f"{result['seconds_per_step']:.3f} s/step"
+    print(f"[bench]   {status} ({time.perf_counter() - started:.0f} s wall)", file=sys.stderr, flush=True)
+    return result
+
+
+def exit_status(results: list[Result]) -> int:
+    """1 when any worker failed, else 0."""
+    return 1 if any("error" in r for r in results) else 0
+
+
+def successful_by_key(results: list[Result], name_key: str) -> dict[tuple[str, str], Result]:
+    """The results without an error, by (``result[name_key]``, dtype)."""
+    return {(r[name_key], r["dtype"]): r for r in results if "error" not in r}
+
+
+def bf16_speedup(fp32: Result | None, dtype: str, seconds: float) -> float | None:
+    """fp32 step time over this bf16 one; None for fp32 or when fp32 was not measured."""
+    return fp32["seconds_per_step"] / seconds if dtype == "bf16" and fp32 else None
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``, or '-' for None."""
+    return "-" if value is None else format(value, spec)
+
+
+def print_aligned(header: list[str], rows: list[list[str]], right: Collection[int]) -> None:
+    """A plain-text table: the header, a rule, then the rows; the ``right`` columns right-aligned."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for n, row in enumerate([header, *rows]):
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(cells).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def matches_reference(args: argparse.Namespace, reference: dict[str, Any]) -> bool:
+    """Whether every option named in ``reference`` has the reference value."""
+    return all(getattr(args, k) == v for k, v in reference.items())
+
+
+def print_check_lines(checks: list[Result]) -> None:
+    """One ``[ok]`` / ``[MISS]`` line per checked target."""
+    for c in checks:
+        print(f"  [{'ok' if c['ok'] else 'MISS'}] {c['target']}: {c['value']:.3f}")
+
+
+def device_description(device: str) -> str:
+    """The CUDA device's name, or the CPU's (``platform.processor()``, else 'cpu')."""
+    import torch
+
+    return torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+
+
+def write_report(
+    args: argparse.Namespace,
+    config_keys: Sequence[str],
+    device_name: str,
+    load: float | None,
+    results: list[Result],
+    checks: list[Result],
+) -> None:
+    """Write the run's configuration, environment, results and targets to ``args.json`` (when given)."""
+    if not args.json:
+        return
+    import torch
+
+    report = {
+        "config": {k: getattr(args, k) for k in config_keys},
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "machine": platform.machine(), "device_name": device_name,
+                        "cpu_count": os.cpu_count(), "load_average_before": load},
+        "results": results,
+        "targets": checks,
+    }
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwrote {args.json}")
