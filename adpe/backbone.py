@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from adpe.mae import SIZES, ViTSize
 from adpe.pos_embed import sincos_2d_table
 from adpe.rel_bias import DecomposedRelPos, RelPosBias
-from adpe.rpe import continuous_lookup, discrete_lookup, grid_offsets
+from adpe.rpe import grid_lookup
 from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_
 
 
@@ -135,15 +135,8 @@ class ViTBackbone(nn.Module):
     def _irpe_inputs(self, grid: tuple[int, int], device) -> dict[tuple[int, int], RelPos]:
         """One iRPE lookup per attention grid in use (global grid, window grid), cls bucket in seg mode."""
         grids = {grid} | {(b.window_size, b.window_size) for b in self.blocks if b.window_size}
-        with_cls = self.mode == "seg"
-        inputs = {}
-        for h, w in grids:
-            if self.rpe_lookup == "discrete":
-                lookup = discrete_lookup(h, w, cls_token=with_cls, device=device)
-            else:
-                lookup = continuous_lookup(grid_offsets(h, w, device=device)[None], cls_token=with_cls)
-            inputs[(h, w)] = RelPos(lookup)
-        return inputs
+        return {(h, w): RelPos(grid_lookup(h, w, self.rpe_lookup, cls_token=self.mode == "seg", device=device))
+                for h, w in grids}
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """x: (B, C, H, W) with H, W multiples of the patch size -> maps (B, D, H/p, W/p), one per output."""

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from adpe.adversary import Mode, Norm, PositionAdversary
 from adpe.pos_embed import grid_coords, sincos_2d_at, sincos_2d_table
-from adpe.rpe import Lookup, continuous_lookup, discrete_lookup, grid_offsets
+from adpe.rpe import continuous_lookup, grid_lookup, grid_offsets
 from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_
 
 
@@ -189,12 +189,6 @@ class MaskedAutoencoder(nn.Module):
         coords = grid_coords(*self.grid, device=delta.device) + delta.flip(0).to(torch.float64)
         return sincos_2d_at(coords, dim_table.shape[-1]).to(dim_table.dtype)
 
-    def _lookup(self, device) -> Lookup:
-        """The unperturbed lookup of this model's grid, shared by all layers."""
-        if self.rpe_lookup == "discrete":
-            return discrete_lookup(*self.grid, device=device)
-        return continuous_lookup(grid_offsets(*self.grid, device=device)[None])
-
     def _stack_rel_pos(self, mask: Tensor, stack: str, depth: int) -> list[RelPos | None]:
         """The RelPos input of each layer of the 'encoder' or 'decoder' stack (None for APE models)."""
         if self.position != "rpe":
@@ -204,7 +198,7 @@ class MaskedAutoencoder(nn.Module):
             offsets = grid_offsets(*self.grid, device=mask.device)[None]  # (1, L, L, 2)
             shift = mask[:, :, None, None]  # rows of masked queries move by delta
             return [RelPos(continuous_lookup(offsets + shift * d.to(offsets.dtype))) for d in deltas]
-        lookup = self._lookup(mask.device)
+        lookup = grid_lookup(*self.grid, self.rpe_lookup, device=mask.device)
         if deltas is not None:
             query_mask = torch.cat([mask.new_zeros(mask.shape[0], 1), mask], dim=1)  # cls never perturbed
             return [RelPos(lookup, d, query_mask) for d in deltas]

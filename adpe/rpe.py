@@ -121,6 +121,15 @@ def continuous_lookup(offsets: Tensor, cls_token: bool = True) -> Lookup:
     return Lookup(ids_t, weights_t)
 
 
+def grid_lookup(height: int, width: int, kind: str, cls_token: bool = True, device=None) -> Lookup:
+    """The unperturbed lookup of a grid: ``kind`` 'discrete' (rounded buckets) or 'continuous' (bilinear)."""
+    if kind == "discrete":
+        return discrete_lookup(height, width, cls_token=cls_token, device=device)
+    if kind == "continuous":
+        return continuous_lookup(grid_offsets(height, width, device=device)[None], cls_token=cls_token)
+    raise ValueError(f"unknown iRPE lookup {kind!r}: use 'discrete' or 'continuous'")
+
+
 def contextual_rpe(q: Tensor, table: Tensor, lookup: Lookup) -> Tensor:
     """Relative logits ``q_i . r_{b(i,j)}`` (bilinear mix of buckets for a continuous lookup).
 

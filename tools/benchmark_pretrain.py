@@ -135,7 +135,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     model = MaskedAutoencoder(args.size, img_size=args.img_size, **VARIANTS[args.variant]).to(device)
     model.train()
     groups = pretrain_param_groups(model, lr=LR, weight_decay=WEIGHT_DECAY, adv_lr=LR)
-    optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, fused=True)  # as the configs
     imgs = bench.random_inputs((args.images * args.crops, 3, args.img_size, args.img_size), args.seed, device)
 
     def step() -> torch.Tensor:
