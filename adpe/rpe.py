@@ -130,17 +130,33 @@ def grid_lookup(height: int, width: int, kind: str, cls_token: bool = True, devi
     raise ValueError(f"unknown iRPE lookup {kind!r}: use 'discrete' or 'continuous'")
 
 
+# Above this many (query, key, bucket) entries a dense mixing matrix costs too much memory (256 MB in fp32).
+DENSE_MIX_LIMIT = 64 * 2**20
+
+
+def bucket_mixing(lookup: Lookup, num_buckets: int) -> Tensor:
+    """The lookup as a dense (B or 1, N, N, num_buckets) matrix of corner weights (differentiable in them)."""
+    ids, weights = lookup.ids, lookup.weights
+    dense = weights.new_zeros(*ids.shape[:-1], num_buckets)
+    return dense.scatter_add(-1, ids, weights)
+
+
 def contextual_rpe(q: Tensor, table: Tensor, lookup: Lookup) -> Tensor:
     """Relative logits ``q_i . r_{b(i,j)}`` (bilinear mix of buckets for a continuous lookup).
 
-    q: (B, H, N, head_dim) (unscaled); table: (1 or H, head_dim,
-    num_buckets); returns (B, H, N, N). Projects q onto the few buckets first (cheap), then gathers.
+    q: (B, H, N, head_dim) (unscaled); table: (1 or H, head_dim, num_buckets); returns (B, H, N, N). Projects q
+    onto the few buckets first (cheap). A discrete lookup then gathers; a continuous one mixes the buckets with
+    a dense weight matrix -- a small matmul whose backward avoids four slow scatter-adds -- unless that matrix
+    would be too large (detection-size global attention), where it gathers its four corners.
     """
     b, h, n, _ = q.shape
     per_bucket = q @ table.to(q.dtype)  # (B, H, N, num_buckets)
     ids = lookup.ids
     if lookup.weights is None:
         return per_bucket.gather(-1, ids[..., 0][:, None].expand(b, h, n, n))
+    if ids.shape[0] * n * n * per_bucket.shape[-1] <= DENSE_MIX_LIMIT:
+        mixing = bucket_mixing(lookup, per_bucket.shape[-1]).to(per_bucket.dtype)  # (B|1, N, N, K)
+        return torch.einsum("bhik,bijk->bhij", per_bucket, mixing.expand(b, -1, -1, -1))
     out = 0
     for corner in range(ids.shape[-1]):
         picked = per_bucket.gather(-1, ids[..., corner][:, None].expand(b, h, n, n))

@@ -95,3 +95,20 @@ def test_continuous_lookup_is_differentiable_in_offsets():
     out = contextual_rpe(torch.randn(1, 1, 10, 4), table, continuous_lookup(offsets))
     out.sum().backward()
     assert offsets.grad.abs().sum() > 0
+
+
+def test_dense_and_gathered_continuous_mixing_agree(monkeypatch):
+    import adpe.rpe as rpe
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, 26, 8, requires_grad=True)
+    table = torch.randn(1, 8, 50)
+    offsets = (grid_offsets(5, 5)[None] + torch.rand(2, 25, 25, 2) - 0.5).requires_grad_()
+    dense = contextual_rpe(q, table, continuous_lookup(offsets))
+    grads_dense = torch.autograd.grad(dense.square().sum(), (q, offsets))
+    monkeypatch.setattr(rpe, "DENSE_MIX_LIMIT", 0)
+    gathered = contextual_rpe(q, table, continuous_lookup(offsets))
+    grads_gathered = torch.autograd.grad(gathered.square().sum(), (q, offsets))
+    torch.testing.assert_close(dense, gathered)
+    for a, b in zip(grads_dense, grads_gathered, strict=True):
+        torch.testing.assert_close(a, b)

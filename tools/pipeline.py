@@ -24,8 +24,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data", "pretrain", "export", "reconstruction", "ade20k", "ade20k_test", "coco", "coco_test", "report")
-PROGRESS_MARKERS = ("Epoch(train)", "Iter(train)", "Iter(val) [", "mIoU", "bbox_mAP", "segm_mAP", "Error",
-                    "Traceback", "[adpe]")
+# Lines of a stage's output echoed to the console (everything goes to the stage's log).
+PROGRESS_MARKERS = ("- INFO - Epoch(train)", "- INFO - Iter(train)", "- INFO - Iter(val) [", "_mAP_copypaste",
+                    "Error", "Traceback", "[adpe]")
 
 
 @dataclass

@@ -17,7 +17,7 @@ model = dict(
     # Fewer proposals and sampled RoIs than the ViT-B recipe: 128^2 images hold a handful of objects.
     train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=200), rcnn=dict(sampler=dict(num=128))),
     # A low score threshold keeps the few early detections of a short CPU run in the AP computation.
-    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(score_thr=0.001, max_per_img=20)),
+    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(score_thr=0.001, max_per_img=10)),
 )
 metainfo = dict(classes=('circle', 'square', 'triangle', 'star', 'ring', 'cross', 'ellipse', 'hexagon'))
 train_pipeline = [
@@ -45,12 +45,12 @@ val_dataloader = dict(batch_size=1, num_workers=1, dataset=dict(
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(lr=3e-4, weight_decay=0.05))
-max_iters = 300
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(lr=2e-3, weight_decay=0.05))
+max_iters = 150
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
-    dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False, milestones=[240], gamma=0.1),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20),
+    dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False, milestones=[130], gamma=0.1),
 ]
-train_cfg = dict(max_iters=max_iters, val_interval=100)
-default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=100, max_keep_ckpts=1))
+train_cfg = dict(max_iters=max_iters, val_interval=50)
+default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=50, max_keep_ckpts=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))

@@ -3,8 +3,8 @@ _base_ = ['../_base_/pretrain_runtime.py']
 data_root = 'data/demo/imagenet'
 effective_batch = None  # take accumulative_counts as written: one step per batch of 16 images
 batch_size = 16
-epochs = 30
-warmup_epochs = 3
+epochs = 12
+warmup_epochs = 2
 model = dict(size='tiny')
 train_dataloader = dict(batch_size=batch_size, num_workers=2, persistent_workers=True, pin_memory=False,
                         dataset=dict(data_root=data_root))
@@ -16,5 +16,5 @@ param_scheduler = [
          begin=warmup_epochs, end=epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(max_epochs=epochs)
-default_hooks = dict(logger=dict(interval=5), checkpoint=dict(interval=10, max_keep_ckpts=1))
+default_hooks = dict(logger=dict(interval=5), checkpoint=dict(interval=4, max_keep_ckpts=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
