@@ -9,11 +9,6 @@ from __future__ import annotations
 from torch import nn
 
 
-def lr_for_batch(base_lr: float, effective_batch: int, base_batch: int = 256) -> float:
-    """The linear scaling rule used by MAE and AdPE: lr = base_lr * effective_batch / 256."""
-    return base_lr * effective_batch / base_batch
-
-
 def skips_weight_decay(name: str, param: nn.Parameter) -> bool:
     """Biases, norms, tokens and every other 1-D parameter are not decayed (MAE / AdPE recipe)."""
     return param.ndim <= 1 or name.endswith(".bias") or name.endswith("token")
