@@ -13,6 +13,23 @@ from adpe.checkpoint import checkpoint_variant, fit_to_backbone, load_checkpoint
 from adpe.optim import layer_decay_param_groups
 
 
+def pretrained_path(init_cfg: dict | None) -> str | None:
+    """The checkpoint of an ``init_cfg=dict(type='Pretrained', checkpoint=...)``, or None."""
+    init_cfg = init_cfg or {}
+    return init_cfg.get("checkpoint") if init_cfg.get("type") == "Pretrained" else None
+
+
+def resolve_auto(rel_pos: str, rpe_lookup: str, ckpt: dict | None) -> tuple[str, str]:
+    """Concrete (rel_pos, rpe_lookup) for 'auto' settings: follow the checkpoint's pretraining (iRPE tables,
+    continuous lookup for RPE coordinate mode); without a checkpoint 'auto' means 'bias' and 'discrete'."""
+    variant = checkpoint_variant(ckpt) if ckpt is not None else {"position": "ape", "rpe_lookup": "discrete"}
+    if rel_pos == "auto":
+        rel_pos = "irpe" if variant["position"] == "rpe" else "bias"
+    if rpe_lookup == "auto":
+        rpe_lookup = variant["rpe_lookup"]
+    return rel_pos, rpe_lookup
+
+
 @MODELS.register_module()
 class AdPEViT(ViTBackbone, BaseModule):
     """``adpe.backbone.ViTBackbone`` for mmseg and mmdet configs, with strict pretrained loading.
@@ -27,16 +44,9 @@ class AdPEViT(ViTBackbone, BaseModule):
     """
 
     def __init__(self, rel_pos: str = "auto", rpe_lookup: str = "auto", init_cfg: dict | None = None, **kwargs):
-        self._pretrained = None
-        checkpoint_path = (init_cfg or {}).get("checkpoint") if (init_cfg or {}).get("type") == "Pretrained" else None
-        variant = {"position": "ape", "rpe_lookup": "discrete"}
-        if checkpoint_path:
-            self._pretrained = load_checkpoint_file(checkpoint_path)
-            variant = checkpoint_variant(self._pretrained)
-        if rel_pos == "auto":
-            rel_pos = "irpe" if variant["position"] == "rpe" else "bias"
-        if rpe_lookup == "auto":
-            rpe_lookup = variant["rpe_lookup"]
+        checkpoint_path = pretrained_path(init_cfg)
+        self._pretrained = load_checkpoint_file(checkpoint_path) if checkpoint_path else None
+        rel_pos, rpe_lookup = resolve_auto(rel_pos, rpe_lookup, self._pretrained)
         ViTBackbone.__init__(self, rel_pos=rel_pos, rpe_lookup=rpe_lookup, **kwargs)
         self.init_cfg = copy.deepcopy(init_cfg)
         self._checkpoint_path = checkpoint_path
@@ -97,16 +107,12 @@ def resolve_auto_backbone(cfg) -> None:
     work dir's config and in every checkpoint's meta, which ``tools/test.py`` reads back.
     """
     backbone = cfg.get("model", {}).get("backbone", {})
-    if backbone.get("type") != "AdPEViT" or "auto" not in (backbone.get("rel_pos"), backbone.get("rpe_lookup")):
+    rel_pos, rpe_lookup = backbone.get("rel_pos", "auto"), backbone.get("rpe_lookup", "auto")
+    if backbone.get("type") != "AdPEViT" or "auto" not in (rel_pos, rpe_lookup):
         return
-    init_cfg = backbone.get("init_cfg") or {}
-    variant = {"position": "ape", "rpe_lookup": "discrete"}
-    if init_cfg.get("type") == "Pretrained" and init_cfg.get("checkpoint"):
-        variant = checkpoint_variant(load_checkpoint_file(init_cfg["checkpoint"]))
-    if backbone.get("rel_pos") == "auto":
-        backbone["rel_pos"] = "irpe" if variant["position"] == "rpe" else "bias"
-    if backbone.get("rpe_lookup") == "auto":
-        backbone["rpe_lookup"] = variant["rpe_lookup"]
+    path = pretrained_path(backbone.get("init_cfg"))
+    backbone["rel_pos"], backbone["rpe_lookup"] = resolve_auto(
+        rel_pos, rpe_lookup, load_checkpoint_file(path) if path else None)
 
 
 def backbone_settings_of_trained(ckpt: dict) -> dict[str, str]:
