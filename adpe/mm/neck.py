@@ -8,6 +8,7 @@ that clash with nothing in mmdet or mmseg.
 from __future__ import annotations
 
 import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from timm.layers import LayerNorm2d
@@ -16,9 +17,14 @@ from torch import Tensor, nn
 MODELS.register_module("AdPELN2d", module=LayerNorm2d)
 
 
-def _conv_ln(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
-                         LayerNorm2d(out_channels))
+def _norm(norm_cfg: dict | None, channels: int) -> nn.Module:
+    return build_norm_layer(norm_cfg, channels)[1] if norm_cfg else nn.Identity()
+
+
+def _conv_norm(in_channels: int, out_channels: int, kernel: int, norm_cfg: dict | None) -> nn.Sequential:
+    # Without a norm the conv needs its bias back.
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=not norm_cfg),
+                         _norm(norm_cfg, out_channels))
 
 
 @MODELS.register_module()
@@ -27,21 +33,24 @@ class AdPESimpleFPN(BaseModule):
 
     Args:
         in_channels: backbone width; out_channels: pyramid width (256);
-        scales: resampling factors of the four main levels; num_outs: 5 adds the stride-64 level.
+        scales: resampling factors of the four main levels; num_outs: 5 adds the stride-64 level;
+        norm_cfg: the norm after every conv (ViTDet: LayerNorm2d); None for plain biased convs.
     """
 
     def __init__(self, in_channels: int = 768, out_channels: int = 256, scales=(4.0, 2.0, 1.0, 0.5),
-                 num_outs: int = 5, init_cfg=None):
+                 num_outs: int = 5,
+                 norm_cfg: dict | None = dict(type="AdPELN2d"),  # noqa: B006 (read only: build_norm_layer copies)
+                 init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if num_outs not in (len(scales), len(scales) + 1):
             raise ValueError(f"num_outs must be {len(scales)} or {len(scales) + 1}, got {num_outs}")
         self.num_outs = num_outs
-        self.stages = nn.ModuleList(self._stage(in_channels, out_channels, s) for s in scales)
+        self.stages = nn.ModuleList(self._stage(in_channels, out_channels, s, norm_cfg) for s in scales)
 
     @staticmethod
-    def _stage(dim: int, out_channels: int, scale: float) -> nn.Sequential:
+    def _stage(dim: int, out_channels: int, scale: float, norm_cfg: dict | None) -> nn.Sequential:
         if scale == 4.0:
-            resample = [nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(),
+            resample = [nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), _norm(norm_cfg, dim // 2), nn.GELU(),
                         nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)]
             width = dim // 4
         elif scale == 2.0:
@@ -52,7 +61,8 @@ class AdPESimpleFPN(BaseModule):
             resample, width = [nn.MaxPool2d(2, stride=2)], dim
         else:
             raise ValueError(f"unsupported pyramid scale {scale}; use 4, 2, 1 or 0.5")
-        return nn.Sequential(*resample, _conv_ln(width, out_channels, 1), _conv_ln(out_channels, out_channels, 3))
+        return nn.Sequential(*resample, _conv_norm(width, out_channels, 1, norm_cfg),
+                             _conv_norm(out_channels, out_channels, 3, norm_cfg))
 
     def forward(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """inputs: (the backbone's last map (B, C, H/16, W/16),) -> num_outs maps (B, out_channels, ., .)."""
