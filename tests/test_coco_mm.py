@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("mmdet")
 pytestmark = pytest.mark.mm
 
-from mmdet.registry import MODELS  # noqa: E402
+from mmdet.registry import DATASETS, MODELS  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
@@ -71,6 +71,21 @@ def test_ape_release_loads_into_detection_backbone(tmp_path):
     assert all(not p.any() for n, p in backbone.named_parameters() if "rel_pos_" in n)
 
 
+@pytest.mark.parametrize("norm_cfg", [dict(type="AdPELN2d"), None], ids=["vitdet_ln", "plain"])
+def test_simple_fpn_levels_and_norm_choice(norm_cfg):
+    from timm.layers import LayerNorm2d
+
+    neck = MODELS.build(dict(type="AdPESimpleFPN", in_channels=192, out_channels=64, norm_cfg=norm_cfg))
+    outs = neck((torch.randn(2, 192, 8, 8),))
+    assert [tuple(o.shape) for o in outs] == [(2, 64, s, s) for s in (32, 16, 8, 4, 2)]  # strides 4 ... 64
+    norms = [m for m in neck.modules() if isinstance(m, LayerNorm2d)]
+    convs = [m for m in neck.modules() if type(m) is torch.nn.Conv2d]
+    if norm_cfg:  # ViTDet: LN between the two x2 deconvs, bias-free 1x1 and 3x3 convs each followed by LN
+        assert len(norms) == 1 + 2 * 4 and all(c.bias is None for c in convs)
+    else:
+        assert not norms and all(c.bias is not None for c in convs)
+
+
 @pytest.mark.parametrize("path", COCO_CONFIGS, ids=lambda p: p.name)
 def test_every_coco_config_builds(path):
     cfg = Config.fromfile(path)
@@ -107,8 +122,7 @@ def test_tiny_mask_rcnn_trains_and_dist_test_reports_box_and_mask_ap(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(["bash", str(ROOT / "tools/dist_train.sh"), config, "1", "--work-dir", str(work),
                     "--cfg-options", *data_opts, *workers, "train_cfg.max_iters=30", "train_cfg.val_interval=30",
-                    "default_hooks.logger.interval=5", "log_processor.window_size=5",
-                    "optim_wrapper.optimizer.lr=1e-3"],
+                    "default_hooks.logger.interval=5", "log_processor.window_size=5"],
                    check=True, env=env, cwd=ROOT, capture_output=True)
     rows = [json.loads(line) for f in work.glob("*/vis_data/scalars.json") for line in f.open()]
     losses = [r["loss"] for r in rows if "loss" in r and r["step"] % 5 == 0]
@@ -119,3 +133,33 @@ def test_tiny_mask_rcnn_trains_and_dist_test_reports_box_and_mask_ap(tmp_path):
     metrics = json.loads((work / "test_results.json").read_text())["metrics"]
     assert {"coco/bbox_mAP", "coco/segm_mAP", "coco/bbox_mAP_50"} <= set(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("coco/bbox_mAP", "coco/segm_mAP"))
+
+
+def test_demo_mask_rcnn_fits_one_batch(tmp_path):
+    """The demo's CPU-sized heads must learn fast: on one fixed batch of 4 images the mask loss falls by 40% in 60
+    steps from a random init (measured 0.69 -> 0.30; the ViT-B recipe's LayerNorm'd heads at 64 channels with the
+    old lr 2e-3 stayed at 0.52, and the demo's COCO AP at 0.2)."""
+    from mmengine.dataset import pseudo_collate
+    from mmengine.optim import build_optim_wrapper
+
+    from adpe.demo_data import write_coco
+
+    data = write_coco(tmp_path / "coco", n_train=4, n_val=1, size=128, seed=0)
+    cfg = Config.fromfile(ROOT / "benchmarks/coco/mask_rcnn_adpe_vit_tiny_demo.py")
+    cfg.train_dataloader.dataset.data_root = f"{data}/"
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    batch = pseudo_collate([dataset[i] for i in range(4)])
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.train()
+    optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    logs = []
+    for _ in range(60):
+        losses = model(**model.data_preprocessor(batch, True), mode="loss")
+        loss, log = model.parse_losses(losses)
+        optim.update_params(loss)
+        logs.append({k: float(v.detach()) for k, v in log.items()})
+    first, last = logs[0], {k: sum(r[k] for r in logs[-5:]) / 5 for k in logs[0]}
+    assert last["loss_mask"] < 0.6 * first["loss_mask"], (first, last)

@@ -49,3 +49,6 @@ val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
 default_hooks = dict(checkpoint=dict(max_keep_ckpts=2, save_best='mIoU'))
 resume = True  # continue from the newest checkpoint in the work dir, if any
+# A fixed seed makes every variant of a comparison see the same head init and data order (--cfg-options
+# randomness.seed=N for another draw).
+randomness = dict(seed=0)
