@@ -42,9 +42,10 @@ test_pipeline = [
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
-# Loading in the main process: on the 2-core demo machine, loader workers competed with the compute threads
-# (data_time 0.10 s per iteration with 2 workers; loading a batch of 8 in-process takes 15 ms).
-train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False, dataset=dict(
+# Loading a batch takes about 15 ms, so it runs in the main process. InfiniteSampler, because with mmdet's
+# DefaultSampler mmengine's iteration loop sleeps 2 s at every epoch end (here every 20 iterations).
+train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
+                        sampler=dict(type='InfiniteSampler', shuffle=True), dataset=dict(
     data_root=data_root, metainfo=metainfo, filter_cfg=dict(filter_empty_gt=True, min_size=4),
     pipeline=train_pipeline))
 val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, dataset=dict(
