@@ -136,9 +136,9 @@ def test_tiny_mask_rcnn_trains_and_dist_test_reports_box_and_mask_ap(tmp_path):
 
 
 def test_demo_mask_rcnn_fits_one_batch(tmp_path):
-    """The demo's CPU-sized heads must learn fast: on one fixed batch of 4 images the mask loss falls by 40% in 60
-    steps from a random init (measured 0.69 -> 0.30; the ViT-B recipe's LayerNorm'd heads at 64 channels with the
-    old lr 2e-3 stayed at 0.52, and the demo's COCO AP at 0.2)."""
+    """The demo's CPU-sized heads must learn fast: on one fixed batch of 4 images, from a random init, the mask loss
+    (chance: ln 2 = 0.69) averages below 0.35 over steps 76-80 (measured 0.21; the former demo heads, the ViT-B
+    recipe's LayerNorm'd ones at 64 channels with lr 2e-3, measured 0.49 and gave a demo COCO AP of 0.2)."""
     from mmengine.dataset import pseudo_collate
     from mmengine.optim import build_optim_wrapper
 
@@ -156,10 +156,10 @@ def test_demo_mask_rcnn_fits_one_batch(tmp_path):
     model.train()
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
     logs = []
-    for _ in range(60):
+    for _ in range(80):
         losses = model(**model.data_preprocessor(batch, True), mode="loss")
         loss, log = model.parse_losses(losses)
         optim.update_params(loss)
         logs.append({k: float(v.detach()) for k, v in log.items()})
-    first, last = logs[0], {k: sum(r[k] for r in logs[-5:]) / 5 for k in logs[0]}
-    assert last["loss_mask"] < 0.6 * first["loss_mask"], (first, last)
+    last_masks = [r["loss_mask"] for r in logs[-5:]]
+    assert sum(last_masks) / 5 < 0.35, (logs[0]["loss_mask"], last_masks)

@@ -16,7 +16,7 @@ model = dict(
                   anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64])),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=64),
-        bbox_head=dict(type='Shared2FCBBoxHead', in_channels=64, fc_out_channels=256, num_classes=8, norm_cfg=None),
+        bbox_head=dict(type='Shared2FCBBoxHead', in_channels=64, fc_out_channels=256, num_classes=8),
         mask_roi_extractor=dict(out_channels=64),
         mask_head=dict(in_channels=64, num_convs=2, conv_out_channels=64, num_classes=8, norm_cfg=None)),
     # Fewer proposals and sampled RoIs than the ViT-B recipe: 128^2 images hold a handful of objects.
