@@ -82,6 +82,7 @@ class ViTBackbone(nn.Module):
         if any(not 0 <= i < dims.depth for i in self.out_indices):
             raise ValueError(f"out_indices {self.out_indices} must lie in [0, {dims.depth})")
         self.use_checkpoint = use_checkpoint
+        self._lookups: dict[tuple, RelPos] = {}  # (h, w, rpe_lookup, device) -> the unperturbed iRPE input
 
         self.patch_embed = PatchEmbed(img_size, dims.patch_size, in_chans, dims.embed_dim, strict_img_size=False)
         if mode == "seg":
@@ -133,10 +134,20 @@ class ViTBackbone(nn.Module):
         return resample_pos_embed(self.pos_embed, self.grid, grid)
 
     def _irpe_inputs(self, grid: tuple[int, int], device) -> dict[tuple[int, int], RelPos]:
-        """One iRPE lookup per attention grid in use (global grid, window grid), cls bucket in seg mode."""
+        """One iRPE lookup per attention grid in use (global grid, window grid), cls bucket in seg mode.
+
+        Cached per grid and device: the lookups are constants, and building one (with its dense mixing for the
+        continuous kind) took about 1 s on CPU for a 32 x 32 grid.
+        """
         grids = {grid} | {(b.window_size, b.window_size) for b in self.blocks if b.window_size}
-        return {(h, w): RelPos(grid_lookup(h, w, self.rpe_lookup, cls_token=self.mode == "seg", device=device))
-                for h, w in grids}
+        inputs = {}
+        for h, w in grids:
+            key = (h, w, self.rpe_lookup, str(device))
+            if key not in self._lookups:
+                self._lookups[key] = RelPos(grid_lookup(h, w, self.rpe_lookup, cls_token=self.mode == "seg",
+                                                        device=device))
+            inputs[(h, w)] = self._lookups[key]
+        return inputs
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """x: (B, C, H, W) with H, W multiples of the patch size -> maps (B, D, H/p, W/p), one per output."""

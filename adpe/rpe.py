@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +74,15 @@ class Lookup:
 
     ids: Tensor
     weights: Tensor | None = None
+
+    @cached_property
+    def mixing(self) -> Tensor:
+        """The lookup as a dense (B or 1, N, N, num_buckets) matrix of corner weights (differentiable in them).
+
+        Built once per lookup: the blocks that share a lookup share it.
+        """
+        dense = self.weights.new_zeros(*self.ids.shape[:-1], num_buckets())
+        return dense.scatter_add(-1, self.ids, self.weights)
 
 
 def _add_cls(values: Tensor, fill: float | int) -> Tensor:
@@ -134,13 +144,6 @@ def grid_lookup(height: int, width: int, kind: str, cls_token: bool = True, devi
 DENSE_MIX_LIMIT = 64 * 2**20
 
 
-def bucket_mixing(lookup: Lookup, num_buckets: int) -> Tensor:
-    """The lookup as a dense (B or 1, N, N, num_buckets) matrix of corner weights (differentiable in them)."""
-    ids, weights = lookup.ids, lookup.weights
-    dense = weights.new_zeros(*ids.shape[:-1], num_buckets)
-    return dense.scatter_add(-1, ids, weights)
-
-
 def contextual_rpe(q: Tensor, table: Tensor, lookup: Lookup) -> Tensor:
     """Relative logits ``q_i . r_{b(i,j)}`` (bilinear mix of buckets for a continuous lookup).
 
@@ -155,7 +158,7 @@ def contextual_rpe(q: Tensor, table: Tensor, lookup: Lookup) -> Tensor:
     if lookup.weights is None:
         return per_bucket.gather(-1, ids[..., 0][:, None].expand(b, h, n, n))
     if ids.shape[0] * n * n * per_bucket.shape[-1] <= DENSE_MIX_LIMIT:
-        mixing = bucket_mixing(lookup, per_bucket.shape[-1]).to(per_bucket.dtype)  # (B|1, N, N, K)
+        mixing = lookup.mixing.to(per_bucket.dtype)  # (B|1, N, N, K)
         return torch.einsum("bhik,bijk->bhij", per_bucket, mixing.expand(b, -1, -1, -1))
     out = 0
     for corner in range(ids.shape[-1]):
