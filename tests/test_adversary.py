@@ -66,14 +66,18 @@ def test_every_parameter_and_every_delta_gets_gradient(name):
 
 def test_rpe_embedding_delta_is_a_per_row_constant_and_cannot_change_attention():
     """Released-code semantics: delta is added to every bucket a masked query reads, so it shifts all logits
-    of that row by the same q.delta -- softmax removes it. The loss is unchanged for any delta."""
+    of that row by the same q.delta -- softmax removes it. The loss is unchanged for any delta, and delta gets
+    no gradient (up to rounding)."""
     _, adv = baseline_and_adversarial("rpe_embedding")
     imgs, mask = fixed_batch()
     before = adv(imgs, mask=mask)["loss"]
     with torch.no_grad():
         for d in adv.adversary.parameters():
             d.normal_(std=3.0)
-    torch.testing.assert_close(adv(imgs, mask=mask)["loss"], before, rtol=1e-5, atol=1e-5)
+    after = adv(imgs, mask=mask)["loss"]
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    after.backward()
+    assert max(d.grad.abs().max().item() for d in adv.adversary.parameters()) < 1e-6
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])

@@ -228,7 +228,6 @@ def test_mask_to_polygons_roundtrip_pycocotools():
         for inst in instances:
             decoded = _decode(dd.mask_to_polygons(inst["mask"]), 96, 96)
             ious.append(_iou(decoded, inst["mask"]))
-    assert min(ious) > 0.8 and np.mean(ious) > 0.99
     assert min(ious) == 1.0  # the polygons trace the pixel boundaries: the round trip is exact
     # an occluder inside an object leaves a hole (and a second one touching nothing else)
     mask = np.zeros((40, 40), bool)
@@ -263,7 +262,6 @@ def test_coco_loads_with_pycocotools(tmp_path):
                 assert ann["category_id"] == dd.coco_category_id(inst["class_id"])
                 decoded = coco.annToMask(ann).astype(bool)
                 assert decoded.shape == (info["height"], info["width"])
-                assert _iou(decoded, inst["mask"]) > 0.8
                 assert np.array_equal(decoded, inst["mask"])
                 assert ann["area"] == inst["mask"].sum() == decoded.sum()
                 ys, xs = np.nonzero(inst["mask"])

@@ -99,9 +99,10 @@ def test_resumed_run_matches_uninterrupted_run(image_folder, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path; on a GPU --amp keeps mmengine's AmpOptimWrapper")
 def test_bf16_autocast_wrapper_on_cpu(image_folder, tmp_path):
     cfg = tiny_cfg("pretrain/demo/mae_plus_vit_tiny_ape.py", image_folder, tmp_path, epochs=1, amp=True)
-    assert cfg.optim_wrapper.type == ("AmpOptimWrapper" if torch.cuda.is_available() else "AutocastOptimWrapper")
+    assert cfg.optim_wrapper.type == "AutocastOptimWrapper"
     runner = Runner.from_cfg(cfg)
     wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)
     with wrapper.optim_context(runner.model):

@@ -11,6 +11,7 @@ from adpe.rpe import (
     Lookup,
     contextual_rpe,
     continuous_lookup,
+    discrete_index,
     discrete_lookup,
     grid_offsets,
     num_buckets,
@@ -41,7 +42,9 @@ def test_discrete_buckets_equal_piecewise_formula(side):
 
 
 def test_index_values_saturate_at_three():
-    assert [reference_index(x) for x in (0, 1, 2, 3, 4, 8, 13)] == [0, 1, 2, 2, 3, 3, 3]
+    offsets = torch.tensor([0, 1, 2, 3, 4, 8, 13, -13])
+    assert discrete_index(offsets).tolist() == [0, 1, 2, 2, 3, 3, 3, -3]
+    assert [reference_index(x) for x in offsets.tolist()] == [0, 1, 2, 2, 3, 3, 3, -3]
 
 
 def grid_sample_reference(table: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

@@ -39,9 +39,12 @@ def test_window_equal_to_grid_is_global_attention(with_bias):
 def test_padded_windows_differ_from_global_but_keep_shape():
     torch.manual_seed(0)
     block = Block(32, 2, window_size=4).eval()
+    global_ = Block(32, 2, window_size=0).eval()
+    global_.load_state_dict(block.state_dict())
     x = torch.randn(1, 7 * 5, 32)
     out = block(x, None, (7, 5))
     assert out.shape == x.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, global_(x, None, (7, 5)), atol=1e-3)
 
 
 def test_decomposed_bias_matches_its_definition():
