@@ -37,10 +37,8 @@ def ball_norm(delta: Tensor, norm: Norm) -> Tensor:
 @torch.no_grad()
 def project_(delta: Tensor, norm: Norm, radius: float) -> Tensor:
     """Project delta in place onto {d : ||d|| <= radius}: L2 rescales, L-inf clamps, 'none' leaves it."""
-    if norm == "l2":
-        length = delta.norm()
-        if length > radius:
-            delta.mul_(radius / length)
+    if norm == "l2":  # rescale by min(1, radius / length), without reading the length back to the host
+        delta.mul_(radius / delta.norm().clamp(min=radius))
     elif norm == "linf":
         delta.clamp_(-radius, radius)
     elif norm != "none":

@@ -126,3 +126,27 @@ def test_missing_data_root_fails_at_start_naming_the_path(tmp_path):
     cfg = tiny_cfg("pretrain/demo/mae_plus_vit_tiny_ape.py", tmp_path / "nowhere", tmp_path / "wd", epochs=1)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         Runner.from_cfg(cfg).train()
+
+
+def test_adversary_hook_projects_only_after_a_parameter_update():
+    from types import SimpleNamespace
+
+    from mmengine.optim import build_optim_wrapper
+
+    from adpe.mm.pretrain import AdversaryHook
+
+    cfg = Config.fromfile(ROOT / "pretrain/demo/adpe_vit_tiny_ape_coord.py")
+    model = MODELS.build(cfg.model)
+    delta = next(model.mae.adversary.parameters())
+    wrapper = build_optim_wrapper(model, {**cfg.optim_wrapper, "type": "OptimWrapper", "accumulative_counts": 2})
+    runner = SimpleNamespace(model=model, optim_wrapper=wrapper, message_hub=SimpleNamespace(
+        update_scalar=lambda key, value: logged_scalars.setdefault(key, value)))
+    logged_scalars: dict = {}
+    with torch.no_grad():
+        delta.fill_(1.0)  # far outside the radius-1 L2 ball
+    for expect_update in (False, True):
+        wrapper._inner_count += 1  # what backward() does
+        assert wrapper.should_update() is expect_update
+        AdversaryHook().after_train_iter(runner, 0)
+        assert (delta.norm().item() <= 1.0 + 1e-6) is expect_update
+    assert logged_scalars["train/adv_norm"] == pytest.approx(1.0)

@@ -91,9 +91,10 @@ class AdPEOptimWrapperConstructor:
 
 @HOOKS.register_module()
 class AdversaryHook(Hook):
-    """After every iteration: project the deltas onto their ball, log ``adv_lr`` and ``adv_norm``.
+    """After every parameter update: project the deltas onto their ball, log ``adv_lr`` and ``adv_norm``.
 
-    Runs at NORMAL priority, before LoggerHook, so the scalars reach the same log line as ``loss``.
+    Iterations that only accumulate gradients leave the deltas as they are, so they are skipped. Runs at NORMAL
+    priority, before LoggerHook, so the scalars reach the same log line as ``loss``.
     """
 
     priority = "NORMAL"
@@ -101,7 +102,7 @@ class AdversaryHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         adversary = model.mae.adversary
-        if adversary is None:
+        if adversary is None or not runner.optim_wrapper.should_update():
             return
         adversary.project_()
         adv_group = next(g for g in runner.optim_wrapper.optimizer.param_groups if g.get("adversary"))
