@@ -38,4 +38,3 @@ param_scheduler = [
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=50)
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=50, max_keep_ckpts=1),
                      visualization=dict(type='SegVisualizationHook', draw=False))
-env_cfg = dict(dist_cfg=dict(backend='gloo'))

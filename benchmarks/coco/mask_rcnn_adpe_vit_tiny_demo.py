@@ -61,4 +61,3 @@ param_scheduler = [
 ]
 train_cfg = dict(max_iters=max_iters, val_interval=100)
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=100, max_keep_ckpts=1))
-env_cfg = dict(dist_cfg=dict(backend='gloo'))

@@ -12,10 +12,7 @@ custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 image_size = (1024, 1024)
 norm_cfg = dict(type='AdPELN2d', requires_grad=True)
 model = dict(
-    data_preprocessor=dict(
-        mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_mask=True,
-        pad_size_divisor=32,
-        batch_augments=[dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)]),
+    data_preprocessor=dict(batch_augments=[dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)]),
     backbone=dict(
         _delete_=True,
         type='AdPEViT',
@@ -69,7 +66,6 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     checkpoint=dict(by_epoch=False, interval=interval, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
-auto_scale_lr = dict(base_batch_size=64)
 resume = True  # continue from the newest checkpoint in the work dir, if any
 # A fixed seed makes every variant of a comparison see the same head init and data order (--cfg-options
 # randomness.seed=N for another draw).

@@ -17,4 +17,3 @@ param_scheduler = [
 ]
 train_cfg = dict(max_epochs=epochs)
 default_hooks = dict(logger=dict(interval=5), checkpoint=dict(interval=4, max_keep_ckpts=1))
-env_cfg = dict(dist_cfg=dict(backend='gloo'))
