@@ -11,12 +11,32 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from adpe.backbone import resample_pos_embed
+
+
+def atomic_write(data: bytes, path: str | os.PathLike[str]) -> None:
+    """Write ``data`` to ``path`` all or nothing: a temporary file in the same folder, fsync, rename.
+
+    A crash or kill mid-write leaves the previous file (if any) intact and no temporary file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _numpy_globals() -> list:

@@ -80,6 +80,7 @@ def test_untrusted_pickle_is_refused_with_advice(tmp_path):
 def test_local_writes_are_atomic(tmp_path, monkeypatch):
     from mmengine.fileio import get_file_backend
 
+    import adpe.checkpoint
     import adpe.mm.engine as engine
 
     path = tmp_path / "epoch_1.pth"
@@ -90,7 +91,7 @@ def test_local_writes_are_atomic(tmp_path, monkeypatch):
     def crash(_fd):
         raise KeyboardInterrupt("killed while saving")
 
-    monkeypatch.setattr(engine.os, "fsync", crash)
+    monkeypatch.setattr(adpe.checkpoint.os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
         backend.put(b"half a checkpo", path)
     assert path.read_bytes() == b"good checkpoint"

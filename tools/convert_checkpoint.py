@@ -11,16 +11,15 @@ Decoder, mask token and adversary weights are dropped on purpose and listed.
 from __future__ import annotations
 
 import argparse
-import os
+import io
 import os.path as osp
 import sys
-import tempfile
 
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from adpe.checkpoint import checkpoint_variant, load_checkpoint_file, to_backbone_state  # noqa: E402
+from adpe.checkpoint import atomic_write, checkpoint_variant, load_checkpoint_file, to_backbone_state  # noqa: E402
 
 try:  # mmengine checkpoints carry its log history: adpe.mm allow-lists it for weights_only loading
     import adpe.mm.engine  # noqa: E402,F401
@@ -38,15 +37,9 @@ def convert(src: str, dst: str) -> dict:
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()},
         "meta": {"source": osp.abspath(src), **variant, "dropped": sorted(dropped)},
     }
-    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(osp.abspath(dst)), suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(out, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if osp.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    torch.save(out, buffer)
+    atomic_write(buffer.getvalue(), dst)
     return out
 
 

@@ -14,12 +14,9 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +26,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.optim import OptimWrapper
 from mmengine.registry import HOOKS, OPTIM_WRAPPERS
 
-from adpe.checkpoint import TRAINING_CHECKPOINT_GLOBALS
+from adpe.checkpoint import TRAINING_CHECKPOINT_GLOBALS, atomic_write
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -59,24 +56,10 @@ class AtomicLocalBackend(LocalBackend):
     """LocalBackend whose writes are atomic: temporary file in the same folder, fsync, rename."""
 
     def put(self, obj: bytes, filepath) -> None:
-        self._atomic_write(obj, Path(filepath))
+        atomic_write(obj, filepath)
 
     def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
-        self._atomic_write(obj.encode(encoding), Path(filepath))
-
-    @staticmethod
-    def _atomic_write(data: bytes, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(obj.encode(encoding), filepath)
 
 
 register_backend("local", AtomicLocalBackend, force=True, prefixes="")
