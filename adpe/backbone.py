@@ -21,7 +21,7 @@ from timm.layers import PatchEmbed, resample_abs_pos_embed
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from adpe.mae import SIZES, ViTSize
+from adpe.mae import vit_size
 from adpe.pos_embed import sincos_2d_table
 from adpe.rel_bias import DecomposedRelPos, RelPosBias
 from adpe.rpe import grid_lookup
@@ -67,13 +67,11 @@ class ViTBackbone(nn.Module):
         **size_overrides,
     ):
         super().__init__()
-        if size not in SIZES:
-            raise ValueError(f"unknown backbone size {size!r}; choose one of {sorted(SIZES)}")
         if mode not in ("seg", "det") or rel_pos not in ("none", "bias", "irpe"):
             raise ValueError(f"mode must be 'seg'/'det' and rel_pos 'none'/'bias'/'irpe', got {mode!r}/{rel_pos!r}")
         if rpe_lookup not in ("discrete", "continuous"):
             raise ValueError(f"rpe_lookup must be 'discrete' or 'continuous', got {rpe_lookup!r}")
-        dims = ViTSize(**{**SIZES[size].__dict__, **size_overrides})
+        dims = vit_size(size, **size_overrides)
         self.dims, self.mode, self.rel_pos, self.rpe_lookup = dims, mode, rel_pos, rpe_lookup
         self.embed_dim, self.patch_size = dims.embed_dim, dims.patch_size
         img_size = _pair(img_size)

@@ -12,6 +12,7 @@ with 1 = removed (masked), 0 = visible; the loss is the mean squared error on ma
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,6 +44,13 @@ SIZES = {
     "large": ViTSize(16, 1024, 24, 16),
     "huge": ViTSize(14, 1280, 32, 16),
 }
+
+
+def vit_size(name: str, **overrides) -> ViTSize:
+    """The dimensions of model size ``name`` (a key of :data:`SIZES`), with ``overrides`` applied."""
+    if name not in SIZES:
+        raise ValueError(f"unknown model size {name!r}; choose one of {sorted(SIZES)}")
+    return dataclasses.replace(SIZES[name], **overrides)
 
 
 def random_masking(
@@ -95,9 +103,7 @@ class MaskedAutoencoder(nn.Module):
         **size_overrides,
     ):
         super().__init__()
-        if size not in SIZES:
-            raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
-        dims = ViTSize(**{**SIZES[size].__dict__, **size_overrides})
+        dims = vit_size(size, **size_overrides)
         self._check_options(variant, position, rpe_lookup, adversary)
         self.variant, self.position, self.rpe_lookup = variant, position, rpe_lookup
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from adpe.mae import MaskedAutoencoder, random_masking
+from adpe.mae import SIZES, MaskedAutoencoder, random_masking
 
 
 def test_masking_count_and_inverse_permutation():
@@ -101,3 +101,9 @@ def test_invalid_options_are_reported():
         MaskedAutoencoder("tiny", variant="mae", position="rpe")
     with pytest.raises(ValueError, match="size"):
         MaskedAutoencoder("giant")
+
+
+def test_benchmarks_offer_every_model_size():
+    from tools import bench_common
+
+    assert bench_common.MODEL_SIZES == tuple(SIZES)

@@ -95,7 +95,6 @@ CONFIGS: dict[str, Config] = {c.name: c for c in (
 )}
 SEG_BASELINE = "mmseg_mae"
 DET_BASELINE = "window"
-SIZE_CHOICES = ("tiny", "base", "large", "huge")
 
 # Per size: the seg recipe's out_indices (mmseg's MAE / BEiT configs) and ViTDet's global blocks.
 SEG_OUT_INDICES = {"tiny": (0, 1, 2, 3), "base": (3, 5, 7, 11), "large": (7, 11, 15, 23), "huge": (7, 15, 23, 31)}
@@ -287,7 +286,7 @@ def run_all(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="base", choices=SIZE_CHOICES,
+    parser.add_argument("--size", default="base", choices=bench.MODEL_SIZES,
                         help="ViT size of ours and mmseg's (default base; tiny for a quick check)")
     parser.add_argument("--seg-size", type=int, default=512, help="segmentation input side (default 512)")
     parser.add_argument("--det-size", type=int, default=1024, help="detection input side (default 1024)")

@@ -272,7 +272,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         metavar="VARIANT", help=f"which variants (default: all): {', '.join(VARIANTS)}")
     bench.add_dtypes_option(parser)
-    parser.add_argument("--size", default="base", choices=["tiny", "base", "large", "huge"],
+    parser.add_argument("--size", default="base", choices=bench.MODEL_SIZES,
                         help="model size (default base)")
     parser.add_argument("--images", type=int, default=8, help="images per step (default 8)")
     parser.add_argument("--crops", type=int, default=4, help="crops per image (default 4)")

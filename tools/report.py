@@ -282,8 +282,6 @@ def collect_rows(work_dirs) -> list[dict]:
             stages = {"pretrain": pretrain, "ade20k": read_transfer(variant_dir / "ade20k"),
                       "coco": read_transfer(variant_dir / "coco")}
             commits = [stages[s]["commit"] for s in ("ade20k", "coco") if stages[s].get("commit")]
-            if run.get("commit"):
-                commits.insert(0, run["commit"])
             variant = describe_variant(pretrain["model"])
             if not variant:
                 if pretrain["status"] == "none":
