@@ -44,17 +44,17 @@ class AdPEViT(ViTBackbone, BaseModule):
     """
 
     def __init__(self, rel_pos: str = "auto", rpe_lookup: str = "auto", init_cfg: dict | None = None, **kwargs):
-        checkpoint_path = pretrained_path(init_cfg)
-        self._pretrained = load_checkpoint_file(checkpoint_path) if checkpoint_path else None
-        rel_pos, rpe_lookup = resolve_auto(rel_pos, rpe_lookup, self._pretrained)
+        self._checkpoint_path = pretrained_path(init_cfg)
+        if "auto" in (rel_pos, rpe_lookup):  # tools/train.py resolves 'auto' before building, saving this read
+            ckpt = load_checkpoint_file(self._checkpoint_path) if self._checkpoint_path else None
+            rel_pos, rpe_lookup = resolve_auto(rel_pos, rpe_lookup, ckpt)
         ViTBackbone.__init__(self, rel_pos=rel_pos, rpe_lookup=rpe_lookup, **kwargs)
         self.init_cfg = copy.deepcopy(init_cfg)
-        self._checkpoint_path = checkpoint_path
 
     def init_weights(self) -> None:
-        if self._pretrained is None:
-            return  # the backbone initialised itself (MAE's scheme) at construction
-        state, dropped = to_backbone_state(self._pretrained)
+        if self._checkpoint_path is None or self._is_init:
+            return  # the backbone initialised itself (MAE's scheme) at construction, or is loaded already
+        state, dropped = to_backbone_state(load_checkpoint_file(self._checkpoint_path))
         state, adapted = fit_to_backbone(state, self)
         self.load_state_dict(state, strict=False)  # fit_to_backbone has checked every key already
         reasons = {**dropped, **adapted}
@@ -63,7 +63,6 @@ class AdPEViT(ViTBackbone, BaseModule):
         print_log(f"AdPEViT: loaded {len(state)} tensors from {self._checkpoint_path} "
                   f"(rel_pos={self.rel_pos}, rpe_lookup={self.rpe_lookup}); dropped on purpose: {summary or 'none'}",
                   logger="current")
-        self._pretrained = None
         self._is_init = True
 
 
