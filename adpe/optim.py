@@ -59,9 +59,9 @@ def layer_decay_param_groups(
     """Layer-wise lr decay (BEiT / MAE fine-tuning): lr x decay_rate ** (num_layers - 1 - layer_id).
 
     ``backbone`` supplies ``num_layers``, ``layer_depth(name)`` and ``no_weight_decay()`` (names relative to
-    it); parameters outside it (neck, heads) sit in the top layer (scale 1). Biases and 1-D parameters and
-    the backbone's no-weight-decay set are not decayed. One group per (layer, decay) pair, each recording its
-    ``layer_id`` and ``lr_scale``.
+    it); parameters outside it (neck, heads) sit in the top layer (scale 1). What ``skips_weight_decay``
+    names and the backbone's no-weight-decay set are not decayed. One group per (layer, decay) pair, each
+    recording its ``layer_id`` and ``lr_scale``.
     """
     top = backbone.num_layers - 1
     skip_decay = backbone.no_weight_decay()
@@ -72,7 +72,7 @@ def layer_decay_param_groups(
         in_backbone = name.startswith(backbone_prefix)
         local = name[len(backbone_prefix):] if in_backbone else name
         layer_id = backbone.layer_depth(local) if in_backbone else top
-        decays = not (param.ndim <= 1 or name.endswith(".bias") or (in_backbone and local in skip_decay))
+        decays = not (skips_weight_decay(name, param) or (in_backbone and local in skip_decay))
         key = (layer_id, decays)
         if key not in groups:
             scale = decay_rate ** (top - layer_id)

@@ -31,28 +31,24 @@ from torch import Tensor, nn
 ALPHA, BETA, GAMMA = 1.9, 3.8, 15.2
 
 
-def grid_side(beta: float = BETA) -> int:
-    """Buckets per axis of the product grid: 2 * floor(beta) + 1 (7 for beta = 3.8)."""
-    return 2 * int(beta) + 1
+#: Buckets per axis of the product grid, 2 * floor(beta) + 1 = 7, and the table size: the grid plus one
+#: bucket for the cls token (50).
+GRID_SIDE = 2 * int(BETA) + 1
+NUM_BUCKETS = GRID_SIDE**2 + 1
 
 
-def num_buckets(beta: float = BETA) -> int:
-    """Size of a table: the product grid plus one bucket for the cls token (50 for beta = 3.8)."""
-    return grid_side(beta) ** 2 + 1
-
-
-def piecewise_magnitude(x: Tensor, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA) -> Tensor:
+def piecewise_magnitude(x: Tensor) -> Tensor:
     """Signed, unrounded piecewise index of offsets x (any shape): identity inside +-alpha, log outside."""
     magnitude = x.abs()
     # clamp keeps log finite (and its gradient defined) where the identity branch is taken anyway.
-    log_part = alpha + torch.log(magnitude.clamp(min=alpha) / alpha) / math.log(gamma / alpha) * (beta - alpha)
-    return torch.where(magnitude <= alpha, x, torch.sign(x) * log_part)
+    log_part = ALPHA + torch.log(magnitude.clamp(min=ALPHA) / ALPHA) / math.log(GAMMA / ALPHA) * (BETA - ALPHA)
+    return torch.where(magnitude <= ALPHA, x, torch.sign(x) * log_part)
 
 
-def discrete_index(x: Tensor, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA) -> Tensor:
+def discrete_index(x: Tensor) -> Tensor:
     """Integer piecewise index in [-floor(beta), floor(beta)] of integer-valued offsets x: long tensor."""
-    m = piecewise_magnitude(x.double(), alpha, beta, gamma)
-    return (torch.sign(m) * m.abs().round().clamp(max=int(beta))).long()
+    m = piecewise_magnitude(x.double())
+    return (torch.sign(m) * m.abs().round().clamp(max=int(BETA))).long()
 
 
 def grid_offsets(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
@@ -81,7 +77,7 @@ class Lookup:
 
         Built once per lookup: the blocks that share a lookup share it.
         """
-        dense = self.weights.new_zeros(*self.ids.shape[:-1], num_buckets())
+        dense = self.weights.new_zeros(*self.ids.shape[:-1], NUM_BUCKETS)
         return dense.scatter_add(-1, self.ids, self.weights)
 
 
@@ -97,11 +93,11 @@ def _add_cls(values: Tensor, fill: float | int) -> Tensor:
 def discrete_lookup(height: int, width: int, cls_token: bool = True, device=None) -> Lookup:
     """Discrete product buckets of a grid: ids (1, N, N, 1)."""
     offsets = grid_offsets(height, width, device)
-    side, half = grid_side(), int(BETA)
+    side, half = GRID_SIDE, int(BETA)
     ids = (discrete_index(offsets[..., 0]) + half) * side + (discrete_index(offsets[..., 1]) + half)
     ids = ids[None, ..., None]
     if cls_token:
-        ids = _add_cls(ids, num_buckets() - 1)
+        ids = _add_cls(ids, NUM_BUCKETS - 1)
     return Lookup(ids)
 
 
@@ -111,7 +107,7 @@ def continuous_lookup(offsets: Tensor, cls_token: bool = True) -> Lookup:
     offsets: (B or 1, n, n, 2) as (d_row, d_col) between grid cells; returns ids and weights (B, N, N, 4).
     Corners that fall outside the 7 x 7 grid get weight 0 (grid_sample's zero padding).
     """
-    side = grid_side()
+    side = GRID_SIDE
     scaled = piecewise_magnitude(offsets).clamp(-BETA, BETA) / BETA  # in [-1, 1]
     # grid_sample, align_corners=False: pixel = ((u + 1) * size - 1) / 2. x (row value) indexes table columns.
     pix = ((scaled + 1) * side - 1) / 2
@@ -127,7 +123,7 @@ def continuous_lookup(offsets: Tensor, cls_token: bool = True) -> Lookup:
             weights.append(wr * wc * inside)
     ids_t, weights_t = torch.stack(ids, dim=-1), torch.stack(weights, dim=-1)
     if cls_token:
-        ids_t, weights_t = _add_cls(ids_t, num_buckets() - 1), _add_cls(weights_t, 1.0)
+        ids_t, weights_t = _add_cls(ids_t, NUM_BUCKETS - 1), _add_cls(weights_t, 1.0)
     return Lookup(ids_t, weights_t)
 
 
@@ -176,7 +172,7 @@ class KeyRPE(nn.Module):
 
     def __init__(self, head_dim: int):
         super().__init__()
-        self.lookup_table_weight = nn.Parameter(torch.zeros(1, head_dim, num_buckets()))
+        self.lookup_table_weight = nn.Parameter(torch.zeros(1, head_dim, NUM_BUCKETS))
 
     def forward(self, q: Tensor, lookup: Lookup) -> Tensor:
         """q: (B, H, N, head_dim) -> relative logits (B, H, N, N)."""

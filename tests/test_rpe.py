@@ -8,13 +8,13 @@ from adpe.rpe import (
     ALPHA,
     BETA,
     GAMMA,
+    NUM_BUCKETS,
     Lookup,
     contextual_rpe,
     continuous_lookup,
     discrete_index,
     discrete_lookup,
     grid_offsets,
-    num_buckets,
 )
 
 
@@ -38,7 +38,7 @@ def test_discrete_buckets_equal_piecewise_formula(side):
     n = side * side + 1
     expected = torch.tensor([[reference_bucket(side, side, i, j) for j in range(n)] for i in range(n)])
     assert torch.equal(ids, expected)
-    assert ids.max() == num_buckets() - 1 == 49 and ids.min() == 0
+    assert ids.max() == NUM_BUCKETS - 1 == 49 and ids.min() == 0
 
 
 def test_index_values_saturate_at_three():
