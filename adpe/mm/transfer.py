@@ -9,7 +9,13 @@ from mmengine.model import BaseModule, is_model_wrapper
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 
 from adpe.backbone import ViTBackbone
-from adpe.checkpoint import checkpoint_variant, fit_to_backbone, load_checkpoint_file, to_backbone_state
+from adpe.checkpoint import (
+    checkpoint_state,
+    checkpoint_variant,
+    fit_to_backbone,
+    load_checkpoint_file,
+    to_backbone_state,
+)
 from adpe.optim import layer_decay_param_groups
 
 
@@ -116,11 +122,11 @@ def resolve_auto_backbone(cfg) -> None:
 
 def backbone_settings_of_trained(ckpt: dict) -> dict[str, str]:
     """rel_pos / rpe_lookup of a fine-tuned mmseg / mmdet checkpoint, from its weights and saved config."""
-    state = ckpt.get("state_dict", ckpt)
-    if any("rpe_k.lookup_table_weight" in k for k in state):
+    variant = checkpoint_variant(ckpt)  # position 'rpe' <=> iRPE tables in the weights
+    if variant["position"] == "rpe":
         rel_pos = "irpe"
-    elif any(".rel_bias." in k for k in state):
+    elif any(".rel_bias." in k for k in checkpoint_state(ckpt)):
         rel_pos = "bias"
     else:
         rel_pos = "none"
-    return {"rel_pos": rel_pos, "rpe_lookup": checkpoint_variant(ckpt)["rpe_lookup"]}
+    return {"rel_pos": rel_pos, "rpe_lookup": variant["rpe_lookup"]}
