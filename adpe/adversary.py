@@ -2,7 +2,7 @@
 
 The deltas are trained by gradient *ascent* on the MIM loss in the same backward pass as the network's
 descent; after every optimiser step they are projected back onto a ball of radius ``radius`` in the chosen
-norm. Which delta exists depends on the position kind and mode (DESIGN.md §2):
+norm. Which delta exists depends on the position kind and mode (docs/method.md):
 
 =========  ==========  ====================================  ==================================================
 position   mode        parameters                            effect (masked positions only)
@@ -47,7 +47,10 @@ def project_(delta: Tensor, norm: Norm, radius: float) -> Tensor:
 
 
 class PositionAdversary(nn.Module):
-    """All deltas of one model, zero-initialised, plus the ball they live in.
+    """All deltas of one model, plus the ball they live in.
+
+    Every delta starts at zero (no perturbation), except the APE-embedding one, which replaces the mask token
+    and starts like it, N(0, 0.02^2), as the release does.
 
     Args:
         position, mode: which row of the table above.
@@ -77,8 +80,11 @@ class PositionAdversary(nn.Module):
         if radius <= 0:
             raise ValueError(f"the projection radius must be positive, got {radius}")
         self.position_kind, self.mode, self.norm, self.radius = position, mode, norm, float(radius)
-        if position == "ape":
-            self.position = nn.Parameter(torch.zeros(embed_dim if mode == "embedding" else 2))
+        if position == "ape" and mode == "embedding":
+            # It takes the mask token's place, and starts like one: N(0, 0.02^2), as in the release.
+            self.position = nn.Parameter(torch.randn(embed_dim) * 0.02)
+        elif position == "ape":
+            self.position = nn.Parameter(torch.zeros(2))
         else:
             enc_dim, dec_dim = head_dims if mode == "embedding" else (2, 2)
             self.encoder = nn.ParameterList([nn.Parameter(torch.zeros(enc_dim)) for _ in range(depths[0])])

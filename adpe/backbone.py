@@ -17,15 +17,14 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from timm.layers import PatchEmbed, resample_abs_pos_embed
+from timm.layers import PatchEmbed
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from adpe.mae import vit_size
-from adpe.pos_embed import sincos_2d_table
+from adpe.pos_embed import resample_pos_embed, sincos_2d_table
 from adpe.rel_bias import DecomposedRelPos, RelPosBias
 from adpe.rpe import grid_lookup
-from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_
+from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_, vit_size
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -36,12 +35,15 @@ class ViTBackbone(nn.Module):
     """ViT-{tiny,base,large,huge} backbone.
 
     Args:
-        size: a key of ``adpe.mae.SIZES``.
+        size: a key of ``adpe.vit.SIZES``.
         img_size: training input (h, w): sets the stored APE grid and the grids of learned biases.
         mode: 'seg' or 'det' (see the module docstring).
         out_indices: blocks whose outputs are returned (seg mode; det mode returns the last block).
         rel_pos: 'none', 'bias' or 'irpe'; rpe_lookup: 'discrete' or 'continuous' (models pretrained in RPE
             coordinate mode use 'continuous').
+        rpe_query_scale: iRPE term ``q . r`` with the query scaled by head_dim^-1/2, as the tables were
+            pretrained; False (default) uses the unscaled query, as the release's fine-tuning ViT does
+            (docs/method.md, "Scaling of the relative term").
         window_size, global_blocks: det mode window attention (0 = all global).
         drop_path_rate: stochastic depth, increasing linearly to this value over the blocks.
         use_checkpoint: activation checkpointing of every block while training (saves memory).
@@ -58,6 +60,7 @@ class ViTBackbone(nn.Module):
         out_indices: tuple[int, ...] = (3, 5, 7, 11),
         rel_pos: Literal["none", "bias", "irpe"] = "none",
         rpe_lookup: Literal["discrete", "continuous"] = "discrete",
+        rpe_query_scale: bool = False,
         window_size: int = 0,
         global_blocks: tuple[int, ...] = (),
         drop_path_rate: float = 0.0,
@@ -73,6 +76,7 @@ class ViTBackbone(nn.Module):
             raise ValueError(f"rpe_lookup must be 'discrete' or 'continuous', got {rpe_lookup!r}")
         dims = vit_size(size, **size_overrides)
         self.dims, self.mode, self.rel_pos, self.rpe_lookup = dims, mode, rel_pos, rpe_lookup
+        self.rpe_query_scale = bool(rpe_query_scale)
         self.embed_dim, self.patch_size = dims.embed_dim, dims.patch_size
         img_size = _pair(img_size)
         self.grid = (img_size[0] // dims.patch_size, img_size[1] // dims.patch_size)
@@ -105,7 +109,8 @@ class ViTBackbone(nn.Module):
             rel_bias = (RelPosBias(grid, dims.num_heads) if self.mode == "seg"
                         else DecomposedRelPos(grid, dims.embed_dim // dims.num_heads))
         return Block(dims.embed_dim, dims.num_heads, mlp_ratio, drop_path=drop_path,
-                     rpe=self.rel_pos == "irpe", rel_bias=rel_bias, window_size=window_size if windowed else 0)
+                     rpe=self.rel_pos == "irpe", rpe_query_scale=self.rpe_query_scale, rel_bias=rel_bias,
+                     window_size=window_size if windowed else 0)
 
     # ---------------------------------------------------------------- capabilities for optimisers
     @property
@@ -186,12 +191,3 @@ def block_outputs(backbone: ViTBackbone, x: Tensor) -> list[Tensor]:
         for hook in hooks:
             hook.remove()
     return captured
-
-
-def resample_pos_embed(table: Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
-    """Resample a (1, 1 + h*w, D) APE table from ``grid`` to ``new_grid`` (bicubic, as MAE and mmseg do)."""
-    if tuple(grid) == tuple(new_grid):
-        return table
-    return resample_abs_pos_embed(table, list(new_grid), list(grid), num_prefix_tokens=1,
-                                  interpolation="bicubic", antialias=False)
-

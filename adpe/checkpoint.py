@@ -1,14 +1,22 @@
-"""Checkpoint files on torch >= 2.6, and their conversion into transfer backbones.
+"""Checkpoint files on torch >= 2.6, and their conversion into pretraining models and transfer backbones.
 
 Every load keeps ``weights_only=True`` (no arbitrary unpickling). Besides tensors, release checkpoints hold
 their ``args`` (an ``argparse.Namespace``) and numpy values: those classes are allow-listed here.
 ``adpe.mm`` adds what mmengine's training checkpoints need (its log ``HistoryBuffer``), globally, so that
 mmengine's own resume works on torch >= 2.6 as well.
+
+Supported sources (docs/method.md, "Checkpoints"):
+  ours     mmengine checkpoint {'state_dict': {'mae.blocks.0...'}, 'meta': {'cfg': config text, ...}}
+  release  official MAE / AdPE {'model': {'blocks.0...', 'decoder_*', 'mask_token', ['adv_token'], ...},
+           'args': argparse.Namespace}
+  export   tensors-only backbone {'state_dict': {...}, 'meta': {'position', 'rpe_lookup', ...}}
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import logging
 import os
 import re
 import tempfile
@@ -17,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adpe.backbone import resample_pos_embed
+from adpe.pos_embed import resample_pos_embed
+
+logger = logging.getLogger(__name__)
 
 
 def atomic_write(data: bytes, path: str | os.PathLike[str]) -> None:
@@ -83,10 +93,9 @@ def load_checkpoint_file(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Pretraining checkpoint -> transfer backbone. One table of key rules for every supported source format:
-#   ours     mmengine checkpoint {'state_dict': {'mae.blocks.0...'}, 'meta': {'cfg': ...}}
-#   official MAE / AdPE release {'model': {'blocks.0...', 'decoder_*', 'mask_token', ['adv_token'], ...}}
-#   exported tensors-only backbone {'state_dict': {...}, 'meta': {'position', 'rpe_lookup', ...}}
+# Key rules. Our pretraining model uses the release's names for every network tensor; only the adversarial
+# tensors differ (RELEASE_ADVERSARY) and the transfer backbone drops what pretraining alone uses
+# (DROPPED_ON_PURPOSE).
 # ---------------------------------------------------------------------------------------------------------
 
 PREFIXES_TO_STRIP = ("module.", "mae.", "backbone.")
@@ -94,15 +103,28 @@ DROPPED_ON_PURPOSE = (
     (re.compile(r"^decoder[._]"), "pretraining decoder"),
     (re.compile(r"^mask_token$"), "pretraining mask token"),
     (re.compile(r"^adversary\."), "adversarial positions (pretraining only)"),
-    (re.compile(r"(^|\.)adv_token$"), "adversarial positions of the official release (pretraining only)"),
+    (re.compile(r"(^|\.)adv_(token|shift)$"), "adversarial positions of the official release (pretraining only)"),
+    (re.compile(r"\.rpe_k\.no_shift$"), "the release's constant zero shift of unperturbed RPE lookups"),
 )
+
+# Release adversarial tensor -> (our key, our shape from the release's). The release's RPE-embedding delta is
+# stored per head (1 shared head, head_dim, 1); ours is the (head_dim,) vector.
+RELEASE_ADVERSARY = (
+    (re.compile(r"^adv_token$"), lambda m: "adversary.position"),
+    (re.compile(r"^blocks\.(\d+)\.attn\.rpe_k\.adv_(?:token|shift)$"), lambda m: f"adversary.encoder.{m[1]}"),
+    (re.compile(r"^decoder_blocks\.(\d+)\.attn\.rpe_k\.adv_(?:token|shift)$"),
+     lambda m: f"adversary.decoder.{m[1]}"),
+)
+RELEASE_CONSTANTS = re.compile(r"\.rpe_k\.no_shift$")  # zeros (requires_grad=False), kept in the state dict
+
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the backbone: the message lists every offending key."""
 
 
-def _strip_prefixes(key: str) -> str:
+def strip_prefixes(key: str) -> str:
+    """``key`` without the wrappers' prefixes (``module.``, ``mae.``, ``backbone.``), however nested."""
     changed = True
     while changed:
         changed = False
@@ -136,8 +158,9 @@ def checkpoint_variant(ckpt: dict) -> dict[str, str]:
     meta = ckpt.get("meta") or {}
     lookup = meta.get("rpe_lookup")
     if lookup is None and isinstance(meta.get("cfg"), str):
-        found = re.search(r"rpe_lookup\s*=\s*['\"](\w+)['\"]", meta["cfg"])
-        lookup = found.group(1) if found else None
+        model = config_model(meta["cfg"])
+        lookup = model.get("rpe_lookup", model.get("backbone", {}).get("rpe_lookup"))
+        lookup = lookup if lookup in ("discrete", "continuous") else None
     if lookup is None and ckpt.get("args") is not None:
         lookup = "continuous" if getattr(ckpt["args"], "adv_type", 0) == 2 else None
     return {"position": position, "rpe_lookup": lookup or "discrete"}
@@ -147,7 +170,7 @@ def to_backbone_state(ckpt: dict) -> tuple[dict[str, torch.Tensor], dict[str, st
     """Backbone-named weights of a pretraining checkpoint, and {dropped key: reason}."""
     state, dropped = {}, {}
     for raw_key, value in checkpoint_state(ckpt).items():
-        key = _strip_prefixes(raw_key)
+        key = strip_prefixes(raw_key)
         reason = next((why for pattern, why in DROPPED_ON_PURPOSE if pattern.search(key)), None)
         if reason:
             dropped[raw_key] = reason
@@ -184,19 +207,190 @@ def fit_to_backbone(state: dict, backbone: torch.nn.Module) -> tuple[dict, dict[
             raise CheckpointMismatchError(f"pos_embed {tuple(old.shape)} is not a square grid plus a cls slot")
         state["pos_embed"] = resample_pos_embed(old.float(), (side, side), backbone.grid)
     optional = {k for k in target if ".rel_bias." in k}
-    missing = sorted(set(target) - set(state) - optional)
-    unexpected = sorted(set(state) - set(target))
-    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs backbone {tuple(target[k].shape)}"
-                    for k in set(state) & set(target) if state[k].shape != target[k].shape)
-    if missing or unexpected or shapes:
+    problems = state_mismatch(state, target, optional)
+    if problems:
         hint = ""
-        if any("rpe_k" in k for k in missing):
+        if backbone.rel_pos == "irpe" and not any("rpe_k" in k for k in state):
             hint = " The checkpoint has no iRPE tables: use rel_pos='none' or 'bias' for an APE model."
-        elif any("rpe_k" in k for k in unexpected):
+        elif backbone.rel_pos != "irpe" and any("rpe_k" in k for k in state):
             hint = " The checkpoint is an RPE model: set rel_pos='irpe' to use its tables."
-        raise CheckpointMismatchError(
-            "checkpoint does not fit the backbone." + hint
-            + "".join(f"\n  missing: {k}" for k in missing)
+        raise CheckpointMismatchError("checkpoint does not fit the backbone." + hint + problems)
+    return state, dropped
+
+
+def state_mismatch(state: dict, target: dict, optional: set[str] = frozenset()) -> str:
+    """Every missing (not in ``optional``), unexpected and mis-shaped key of ``state`` against ``target``, one
+    per line; '' when ``state`` loads strictly."""
+    missing = sorted(set(target) - set(state) - set(optional))
+    unexpected = sorted(set(state) - set(target))
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+                    for k in set(state) & set(target) if state[k].shape != target[k].shape)
+    return ("".join(f"\n  missing: {k}" for k in missing)
             + "".join(f"\n  unexpected: {k}" for k in unexpected)
             + "".join(f"\n  shape: {s}" for s in shapes))
-    return state, dropped
+
+
+def config_model(cfg_text: str) -> dict:
+    """The ``model = dict(...)`` of a saved config's text (mmengine's ``meta['cfg']``), as a plain dict.
+
+    Reads literals and ``dict(...)`` calls only, without executing anything; {} when there is no such
+    assignment.
+    """
+    try:
+        tree = ast.parse(cfg_text)
+    except SyntaxError as err:
+        raise CheckpointMismatchError(f"the checkpoint's config text does not parse: {err}") from err
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "model" for t in node.targets):
+            model = _config_value(node.value)
+            return model if isinstance(model, dict) else {}
+    return {}
+
+
+def _config_value(node: ast.AST):
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
+        return {kw.arg: _config_value(kw.value) for kw in node.keywords}
+    if isinstance(node, ast.Dict):
+        return {_config_value(k): _config_value(v) for k, v in zip(node.keys, node.values, strict=True)}
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_config_value(e) for e in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return None  # an expression we do not evaluate (e.g. a variable): not a model argument we read
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pretraining checkpoint -> pretraining model (MaskedAutoencoder)
+# ---------------------------------------------------------------------------------------------------------
+
+# Arguments of our AdPEPretrainer config that are not MaskedAutoencoder arguments.
+PRETRAINER_ONLY_KWARGS = ("type", "_scope_", "data_preprocessor", "init_cfg", "pretrained")
+RELEASE_ADVERSARY_MODES = {0: None, 1: "embedding", 2: "coordinate"}  # args.adv_type
+RELEASE_NORMS = {0: "none", 1: "l2", 2: "linf"}  # args.norm
+# adpe_vit_base_patch16, mae_vit_large_patch16_dec512d8b, ... and 'tiny' (our test size).
+RELEASE_NAME = re.compile(r"(?:\w+_vit_)?(tiny|base|large|huge)(?:_patch\d+(?:_dec\w+)?)?")
+
+
+def pretrainer_from_checkpoint(ckpt: dict, **overrides) -> tuple[dict, dict[str, torch.Tensor], dict[str, str]]:
+    """What a pretraining checkpoint describes: MaskedAutoencoder kwargs, its weights under our names, and
+    {dropped key: reason}.
+
+    Ours: the kwargs of the saved config's model. The MAE / AdPE releases: the variant from ``args``, the
+    widths and depths from the tensors, the head counts from the model name (``overrides`` ``num_heads`` /
+    ``decoder_num_heads`` for other names), confirmed by the iRPE tables' head_dim. ``overrides`` replace
+    any keyword argument.
+    """
+    if ckpt.get("args") is not None and isinstance(ckpt.get("model"), dict):
+        return _release_pretrainer(ckpt, overrides)
+    cfg_text = (ckpt.get("meta") or {}).get("cfg")
+    if not isinstance(cfg_text, str) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointMismatchError(
+            f"not a pretraining checkpoint (top-level keys {sorted(ckpt)[:8]}): expected this suite's "
+            "mmengine checkpoint (state_dict + meta.cfg) or an MAE / AdPE release checkpoint (model + args)")
+    model_cfg = config_model(cfg_text)
+    if model_cfg.get("type") != "AdPEPretrainer":
+        raise CheckpointMismatchError(f"the checkpoint's config builds {model_cfg.get('type')!r}, not a "
+                                      "pretraining model (AdPEPretrainer)")
+    kwargs = {k: v for k, v in model_cfg.items() if k not in PRETRAINER_ONLY_KWARGS}
+    state = {k[len("mae."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("mae.")}
+    return {**kwargs, **overrides}, state, {}
+
+
+def _release_pretrainer(ckpt: dict, overrides: dict) -> tuple[dict, dict, dict]:
+    args, raw = ckpt["args"], ckpt["model"]
+    is_adpe = hasattr(args, "pe_type")  # official MAE has no position or adversary arguments
+    adv_type = getattr(args, "adv_type", 0)
+    if adv_type not in RELEASE_ADVERSARY_MODES or getattr(args, "pe_type", 0) not in (0, 1):
+        raise CheckpointMismatchError(f"release args pe_type={getattr(args, 'pe_type', None)}, adv_type="
+                                      f"{adv_type}: expected pe_type 0 (APE) / 1 (RPE), adv_type 0 / 1 / 2")
+    position = "rpe" if getattr(args, "pe_type", 0) == 1 else "ape"
+    if (position == "rpe") != any("rpe_k.lookup_table_weight" in k for k in raw):
+        raise CheckpointMismatchError(
+            f"the checkpoint's args say pe_type={args.pe_type} ({position.upper()}) but its weights "
+            f"{'have no' if position == 'rpe' else 'have'} iRPE tables (blocks.N.attn.rpe_k.lookup_table_weight)")
+    state, dropped = {}, {}
+    for key, value in raw.items():
+        rule = next(((p.match(key), target) for p, target in RELEASE_ADVERSARY if p.match(key)), None)
+        if rule:
+            state[rule[1](rule[0])] = value.reshape(-1)
+        elif RELEASE_CONSTANTS.search(key):
+            dropped[key] = "the release's constant zero shift of unperturbed RPE lookups (no_shift)"
+        else:
+            state[key] = value
+    kwargs = dict(
+        variant="mae_plus" if is_adpe else "mae",
+        position=position,
+        rpe_lookup="continuous" if position == "rpe" and adv_type == 2 else "discrete",
+        adversary=RELEASE_ADVERSARY_MODES[adv_type],
+        img_size=getattr(args, "input_size", 112 if is_adpe else 224),
+        mask_ratio=getattr(args, "mask_ratio", 0.75),
+        norm_pix_loss=bool(getattr(args, "norm_pix_loss", True)),
+        **_release_dims(raw, getattr(args, "model", ""), overrides),
+    )
+    if adv_type:
+        kwargs.update(adv_norm=RELEASE_NORMS[getattr(args, "norm", 0)], adv_radius=float(getattr(args, "eps", 1.0)))
+    return {**kwargs, **overrides}, state, dropped
+
+
+def _release_dims(state: dict, model_name: str, overrides: dict) -> dict:
+    """Widths and depths from the tensors, head counts from the model name / overrides, checked."""
+    from adpe.vit import SIZES  # a table of numbers, read here to keep this module free of model imports
+
+    def depth_of(prefix: str) -> int:
+        return len({k.split(".")[1] for k in state if k.startswith(prefix)})
+
+    proj = state["patch_embed.proj.weight"]
+    dims = dict(
+        size="base", patch_size=proj.shape[-1], in_chans=proj.shape[1], embed_dim=proj.shape[0],
+        depth=depth_of("blocks."), decoder_embed_dim=state["decoder_embed.weight"].shape[0],
+        decoder_depth=depth_of("decoder_blocks."), mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / proj.shape[0],
+    )
+    found = RELEASE_NAME.fullmatch(model_name)
+    named = SIZES[found[1]] if found else None
+    heads = {}
+    for key, width, table in (("num_heads", dims["embed_dim"], "blocks.0.attn.rpe_k.lookup_table_weight"),
+                              ("decoder_num_heads", dims["decoder_embed_dim"],
+                               "decoder_blocks.0.attn.rpe_k.lookup_table_weight")):
+        from_tables = width // state[table].shape[1] if table in state else None
+        heads[key] = overrides.get(key, getattr(named, key, None) if named else from_tables)
+        if heads[key] is None:
+            raise CheckpointMismatchError(
+                f"cannot tell {key} of release model {model_name!r} (not adpe_vit_{{tiny,base,large,huge}}_patchP "
+                f"and no iRPE tables): pass load_pretrainer(path, num_heads=..., decoder_num_heads=...)")
+        if from_tables is not None and from_tables != heads[key]:
+            raise CheckpointMismatchError(
+                f"{key}={heads[key]} gives head_dim {width // heads[key]}, but the iRPE table {table} has head_dim "
+                f"{state[table].shape[1]}: pass {key}={from_tables}")
+    if named is not None and "num_heads" not in overrides and named.embed_dim != dims["embed_dim"]:
+        raise CheckpointMismatchError(
+            f"release model {model_name!r} should be {named.embed_dim}-d but its tensors are {dims['embed_dim']}-d: "
+            "pass load_pretrainer(path, num_heads=..., decoder_num_heads=...)")
+    return {**dims, **heads}
+
+
+def load_pretrainer(path: str | os.PathLike, **overrides):
+    """The ``adpe.mae.MaskedAutoencoder`` that a pretraining checkpoint describes, loaded strictly.
+
+    ``path``: this suite's mmengine checkpoint or an MAE / AdPE release checkpoint; ``overrides``: keyword
+    arguments of MaskedAutoencoder (e.g. ``num_heads`` for a release model of unknown name). Raises
+    CheckpointMismatchError listing every key that does not fit; no model is returned half-loaded.
+    """
+    from adpe.mae import MaskedAutoencoder  # here, not at the top: this module depends on no model module
+
+    kwargs, state, dropped = pretrainer_from_checkpoint(load_checkpoint_file(path), **overrides)
+    model = MaskedAutoencoder(**kwargs)
+    load_strictly(model, state, f"{path} (described as {kwargs})")
+    for key, reason in dropped.items():
+        logger.info("load_pretrainer: dropped %s: %s", key, reason)
+    return model
+
+
+def load_strictly(model: torch.nn.Module, state: dict, source: str, optional: set[str] = frozenset()) -> None:
+    """Load ``state`` into ``model`` only if every key fits (``optional`` keys may be missing and keep their
+    values); otherwise raise CheckpointMismatchError naming the keys, with ``model`` untouched."""
+    problems = state_mismatch(state, model.state_dict(), optional)
+    if problems:
+        raise CheckpointMismatchError(f"{source} does not fit {type(model).__name__}:{problems}")
+    model.load_state_dict(state, strict=False)  # checked above: only optional keys can be missing

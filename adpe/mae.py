@@ -12,8 +12,6 @@ with 1 = removed (masked), 0 = visible; the loss is the mean squared error on ma
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -23,34 +21,7 @@ from torch import Tensor, nn
 from adpe.adversary import Mode, Norm, PositionAdversary
 from adpe.pos_embed import grid_coords, sincos_2d_at, sincos_2d_table
 from adpe.rpe import continuous_lookup, grid_lookup, grid_offsets
-from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_
-
-
-@dataclass(frozen=True)
-class ViTSize:
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
-
-
-SIZES = {
-    # Tiny: for tests and the CPU demo (matches the shape of the released-code parity fixture).
-    "tiny": ViTSize(16, 192, 4, 3, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2),
-    "base": ViTSize(16, 768, 12, 12),
-    "large": ViTSize(16, 1024, 24, 16),
-    "huge": ViTSize(14, 1280, 32, 16),
-}
-
-
-def vit_size(name: str, **overrides) -> ViTSize:
-    """The dimensions of model size ``name`` (a key of :data:`SIZES`), with ``overrides`` applied."""
-    if name not in SIZES:
-        raise ValueError(f"unknown model size {name!r}; choose one of {sorted(SIZES)}")
-    return dataclasses.replace(SIZES[name], **overrides)
+from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_, vit_size
 
 
 def random_masking(
@@ -70,6 +41,12 @@ def random_masking(
     mask = torch.ones(batch, length, device=device)
     mask[:, :len_keep] = 0
     return mask.gather(1, ids_restore), ids_restore, ids_shuffle[:, :len_keep]
+
+
+def patch_stats(patches: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-patch mean and std of (B, L, p*p*C) pixels, each (B, L, 1): the norm-pix target is
+    (patches - mean) / std (MAE; the std is sqrt(unbiased var + 1e-6))."""
+    return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
 
 
 class MaskedAutoencoder(nn.Module):
@@ -115,12 +92,14 @@ class MaskedAutoencoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dims.embed_dim))
         table = sincos_2d_table(*self.grid, dims.embed_dim)[None]
         self.pos_embed = nn.Parameter(table, requires_grad=False)  # fixed; stored as in MAE checkpoints
-        if not (adversary == "embedding" and position == "ape"):  # there delta takes the mask token's place
-            # MAE inserts its mask token in the decoder (decoder width), MAE+ before the encoder.
+        if adversary == "embedding" and position == "ape":  # delta takes the mask token's place
+            self.register_parameter("mask_token", None)
+        else:  # MAE inserts its mask token in the decoder (decoder width), MAE+ before the encoder.
             width = dims.decoder_embed_dim if variant == "mae" else dims.embed_dim
             self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         self.blocks = nn.ModuleList(
-            Block(dims.embed_dim, dims.num_heads, mlp_ratio, rpe=rpe) for _ in range(dims.depth)
+            # The release's pretraining attention scales the query for q . r too (docs/method.md).
+            Block(dims.embed_dim, dims.num_heads, mlp_ratio, rpe=rpe, rpe_query_scale=True) for _ in range(dims.depth)
         )
         self.norm = LayerNorm(dims.embed_dim)
 
@@ -128,7 +107,7 @@ class MaskedAutoencoder(nn.Module):
         dec_table = sincos_2d_table(*self.grid, dims.decoder_embed_dim)[None]
         self.decoder_pos_embed = nn.Parameter(dec_table, requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
-            Block(dims.decoder_embed_dim, dims.decoder_num_heads, mlp_ratio, rpe=rpe)
+            Block(dims.decoder_embed_dim, dims.decoder_num_heads, mlp_ratio, rpe=rpe, rpe_query_scale=True)
             for _ in range(dims.decoder_depth)
         )
         self.decoder_norm = LayerNorm(dims.decoder_embed_dim)
@@ -166,7 +145,7 @@ class MaskedAutoencoder(nn.Module):
     def _init_weights(self) -> None:
         init_patch_embed_(self.patch_embed.proj)
         nn.init.normal_(self.cls_token, std=0.02)
-        if hasattr(self, "mask_token"):
+        if self.mask_token is not None:
             nn.init.normal_(self.mask_token, std=0.02)
         self.apply(init_mae_weights)  # linears and norms; the patch projection was initialised above
 
@@ -264,9 +243,8 @@ class MaskedAutoencoder(nn.Module):
         """Mean over masked patches of the per-patch mean squared error (normalised pixels if set)."""
         target = self.patchify(imgs)
         if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1e-6) ** 0.5
+            mean, std = patch_stats(target)
+            target = (target - mean) / std
         per_patch = ((pred.float() - target.float()) ** 2).mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum()
 

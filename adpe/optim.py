@@ -10,8 +10,12 @@ from torch import nn
 
 
 def skips_weight_decay(name: str, param: nn.Parameter) -> bool:
-    """Biases, norms, tokens and every other 1-D parameter are not decayed (MAE / AdPE recipe)."""
-    return param.ndim <= 1 or name.endswith(".bias") or name.endswith("token")
+    """Biases, norms and every other 1-D parameter are not decayed (MAE / AdPE recipe).
+
+    The cls and mask tokens are 3-D and *are* decayed in pretraining, as the release and MAE do; fine-tuning
+    exempts the cls token and position tables through the backbone's ``no_weight_decay()``.
+    """
+    return param.ndim <= 1 or name.endswith(".bias")
 
 
 def pretrain_param_groups(

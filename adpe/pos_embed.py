@@ -9,6 +9,7 @@ prepended for the cls token.
 from __future__ import annotations
 
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
 
@@ -55,3 +56,11 @@ def sincos_2d_table(height: int, width: int, dim: int, cls_token: bool = True) -
     if cls_token:
         table = torch.cat([table.new_zeros(1, dim), table], dim=0)
     return table.float()
+
+
+def resample_pos_embed(table: Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
+    """Resample a (1, 1 + h*w, D) APE table from ``grid`` to ``new_grid`` (bicubic, as MAE and mmseg do)."""
+    if tuple(grid) == tuple(new_grid):
+        return table
+    return resample_abs_pos_embed(table, list(new_grid), list(grid), num_prefix_tokens=1,
+                                  interpolation="bicubic", antialias=False)

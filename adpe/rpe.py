@@ -1,9 +1,9 @@
 """iRPE relative positions: contextual mode, product method, on keys, one table shared by all heads.
 
 Reference: Wu et al., "Rethinking and Improving Relative Position Encoding for Vision Transformer" (ICCV 2021).
-The attention logit of query i and key j gains ``q_i . r_{b(i, j)}`` (the query *not* multiplied by the
-attention scale, as in the released AdPE code), where r is a (head_dim, num_buckets) table and b the bucket
-of the offset (query - key) on the patch grid. Conventions follow the AdPE release exactly (see DESIGN.md §2),
+The attention logit of query i and key j gains ``q_i . r_{b(i, j)}`` (whether q is scaled first is the
+attention's choice: ``adpe.vit.Attention(rpe_query_scale=...)``), where r is a (head_dim, num_buckets) table and b the bucket
+of the offset (query - key) on the patch grid. Conventions follow the AdPE release exactly (docs/method.md),
 so released tables load unchanged:
 
 * offsets are (d_row, d_col) = position of the query minus position of the key;
@@ -143,7 +143,7 @@ DENSE_MIX_LIMIT = 64 * 2**20
 def contextual_rpe(q: Tensor, table: Tensor, lookup: Lookup) -> Tensor:
     """Relative logits ``q_i . r_{b(i,j)}`` (bilinear mix of buckets for a continuous lookup).
 
-    q: (B, H, N, head_dim) (unscaled); table: (1 or H, head_dim, num_buckets); returns (B, H, N, N). Projects q
+    q: (B, H, N, head_dim); table: (1 or H, head_dim, num_buckets); returns (B, H, N, N). Projects q
     onto the few buckets first (cheap). A discrete lookup then gathers; a continuous one mixes the buckets with
     a dense weight matrix -- a small matmul whose backward avoids four slow scatter-adds -- unless that matrix
     would be too large (detection-size global attention), where it gathers its four corners.

@@ -6,6 +6,7 @@ Parameter names follow MAE / timm (``norm1``, ``attn.qkv``, ``attn.proj``, ``nor
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
@@ -17,6 +18,33 @@ from torch import Tensor, nn
 from adpe.rpe import KeyRPE, Lookup
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+@dataclass(frozen=True)
+class ViTSize:
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+
+
+SIZES = {
+    # Tiny: for tests and the CPU demo (matches the shape of the released-code parity fixture).
+    "tiny": ViTSize(16, 192, 4, 3, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2),
+    "base": ViTSize(16, 768, 12, 12),
+    "large": ViTSize(16, 1024, 24, 16),
+    "huge": ViTSize(14, 1280, 32, 16),
+}
+
+
+def vit_size(name: str, **overrides) -> ViTSize:
+    """The dimensions of model size ``name`` (a key of :data:`SIZES`), with ``overrides`` applied."""
+    if name not in SIZES:
+        raise ValueError(f"unknown model size {name!r}; choose one of {sorted(SIZES)}")
+    return dataclasses.replace(SIZES[name], **overrides)
 
 
 @dataclass(frozen=True)
@@ -52,11 +80,20 @@ class Attention(nn.Module):
 
     Args:
         rpe: own an iRPE table (``rpe_k``), read through the ``RelPos`` given to ``forward``.
+        rpe_query_scale: multiply the query by head_dim^-1/2 in the iRPE term too, as the release's
+            *pretraining* attention does; False adds ``q . r`` with the unscaled query, as its fine-tuning ViT
+            does (docs/method.md, "Scaling of the relative term").
         rel_bias: a module ``(q, grid) -> logits`` (learned bias of ``adpe.rel_bias``), or None.
     """
 
     def __init__(
-        self, dim: int, num_heads: int, qkv_bias: bool = True, rpe: bool = False, rel_bias: nn.Module | None = None
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        rpe: bool = False,
+        rpe_query_scale: bool = False,
+        rel_bias: nn.Module | None = None,
     ):
         super().__init__()
         if dim % num_heads:
@@ -66,14 +103,17 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.rpe_k = KeyRPE(self.head_dim) if rpe else None
+        self.rpe_query_scale = rpe_query_scale
         self.rel_bias = rel_bias
 
     def relative_logits(self, q: Tensor, rel_pos: RelPos) -> Tensor:
-        """q: (B, H, N, head_dim) -> additive logits (B, H, N, N).
+        """q: (B, H, N, head_dim), unscaled -> additive logits (B, H, N, N).
 
-        The released AdPE code adds ``q . r`` with the *unscaled* query (only q . k is scaled); the parity
-        fixture from that code confirms it, so we do the same.
+        ``q . r`` takes the scaled query where ``rpe_query_scale`` is set (the release's pretraining model) and
+        the unscaled one otherwise (its fine-tuning ViT); SDPA scales only ``q . k``.
         """
+        if self.rpe_query_scale:
+            q = q * self.head_dim**-0.5
         logits = self.rpe_k(q, rel_pos.lookup)
         if rel_pos.row_delta is not None:
             # Every bucket of a perturbed row reads r_b + delta, i.e. gains q_i . delta.
@@ -112,13 +152,16 @@ class Block(nn.Module):
         qkv_bias: bool = True,
         drop_path: float = 0.0,
         rpe: bool = False,
+        rpe_query_scale: bool = False,
         rel_bias: nn.Module | None = None,
         window_size: int = 0,
     ):
         super().__init__()
         self.window_size = window_size
         self.norm1 = LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rpe=rpe, rel_bias=rel_bias)
+        self.attn = Attention(
+            dim, num_heads, qkv_bias=qkv_bias, rpe=rpe, rpe_query_scale=rpe_query_scale, rel_bias=rel_bias
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)

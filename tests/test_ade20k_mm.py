@@ -25,7 +25,7 @@ from adpe.checkpoint import CheckpointMismatchError  # noqa: E402
 from tools.convert_checkpoint import convert  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 ADE_CONFIGS = sorted((ROOT / "benchmarks/ade20k").glob("*.py"))
 
 
@@ -99,6 +99,29 @@ def test_rpe_coordinate_checkpoint_selects_continuous_lookup(tmp_path):
     torch.save(ours, path)
     backbone = build_backbone(init_cfg=dict(type="Pretrained", checkpoint=str(path)))
     assert (backbone.rel_pos, backbone.rpe_lookup) == ("irpe", "continuous")
+
+
+def test_release_rpe_coordinate_checkpoint_loads_with_auto_settings(tmp_path):
+    """The paper's headline variant: per-layer adv_shift (delta) and no_shift tensors are dropped on purpose,
+    'auto' picks the iRPE tables and the continuous lookup."""
+    import argparse
+
+    release = adpe.checkpoint.load_checkpoint_file(FIXTURES / "official_adpe_pretrain_mae_plus_rpe_tiny.pth")
+    state = dict(release["model"])
+    for prefix, depth in (("blocks", 4), ("decoder_blocks", 1)):
+        for i in range(depth):
+            state[f"{prefix}.{i}.attn.rpe_k.adv_shift"] = torch.randn(2)
+            state[f"{prefix}.{i}.attn.rpe_k.no_shift"] = torch.zeros(2)
+    args = argparse.Namespace(**{**vars(release["args"]), "adv_type": 2, "norm": 1})
+    path = tmp_path / "release_rpe_coord.pth"
+    torch.save({"model": state, "args": args, "epoch": 399}, path)
+    backbone = build_backbone(rel_pos="auto", rpe_lookup="auto", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    assert (backbone.rel_pos, backbone.rpe_lookup) == ("irpe", "continuous")
+    for i in range(4):
+        key = f"blocks.{i}.attn.rpe_k.lookup_table_weight"
+        assert torch.equal(backbone.state_dict()[key], state[key])
+    _, dropped = adpe.checkpoint.to_backbone_state({"model": state})
+    assert {k for k in dropped if "shift" in k} == {k for k in state if "shift" in k}
 
 
 def test_converted_checkpoint_is_tensors_only_and_loads_strictly(tmp_path):

@@ -21,7 +21,7 @@ import adpe.mm  # noqa: E402,F401
 from adpe.checkpoint import fit_to_backbone, load_checkpoint_file, to_backbone_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 COCO_CONFIGS = sorted((ROOT / "benchmarks/coco").glob("*.py"))
 
 

@@ -15,7 +15,7 @@ import torch
 from adpe.checkpoint import load_checkpoint_file
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 OPENMMLAB = ("mmengine", "mmcv", "mmseg", "mmdet")
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from adpe.mae import SIZES, MaskedAutoencoder, random_masking
+from adpe.mae import MaskedAutoencoder, random_masking
+from adpe.vit import SIZES
 
 
 def test_masking_count_and_inverse_permutation():

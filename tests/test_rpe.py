@@ -19,7 +19,7 @@ from adpe.rpe import (
 
 
 def reference_index(x: int) -> int:
-    """The piecewise index of DESIGN.md §2, one integer at a time."""
+    """The piecewise index of docs/method.md, one integer at a time."""
     a = abs(x)
     m = a if a <= ALPHA else ALPHA + math.log(a / ALPHA) / math.log(GAMMA / ALPHA) * (BETA - ALPHA)
     return int(math.copysign(min(round(m), int(BETA)), x)) if x else 0
@@ -48,7 +48,7 @@ def test_index_values_saturate_at_three():
 
 
 def grid_sample_reference(table: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """DESIGN.md's definition of the continuous lookup, via grid_sample. offsets (n, n, 2) -> (n, n, C)."""
+    """The definition of the continuous lookup in docs/method.md, via grid_sample. offsets (n, n, 2) -> (n, n, C)."""
     a = offsets.abs()
     m = torch.where(a <= ALPHA, a, ALPHA + torch.log(a.clamp(min=ALPHA) / ALPHA) / math.log(GAMMA / ALPHA)
                     * (BETA - ALPHA))

@@ -36,7 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_PREFIX = "@@BENCH_RESULT@@ "
 GIB = 1024**3
 DTYPES = ("fp32", "bf16")
-MODEL_SIZES = ("tiny", "base", "large", "huge")  # adpe.mae.SIZES (tested), without importing torch here
+MODEL_SIZES = ("tiny", "base", "large", "huge")  # adpe.vit.SIZES (tested), without importing torch here
 # The options that every worker takes from its driver, besides its own (see ``add_run_options``).
 RUN_OPTIONS = ("warmup", "steps", "threads", "seed", "device")
 

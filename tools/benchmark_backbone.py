@@ -112,7 +112,7 @@ REFERENCE_MMSEG_S = {"fp32": 7.0, "bf16": 4.0}  # mmseg's ViT-B, 512^2, batch 1,
 def build_model(args: argparse.Namespace, config: Config) -> Any:
     """The configuration's backbone (train mode, not yet on the device)."""
     from adpe.backbone import ViTBackbone
-    from adpe.mae import SIZES
+    from adpe.vit import SIZES
 
     if config.section == "seg":
         side = args.seg_size

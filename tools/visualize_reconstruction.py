@@ -2,8 +2,9 @@
 
     python tools/visualize_reconstruction.py CHECKPOINT --images DIR [--num 4] [--out recon.png] [--seed 0]
 
-CHECKPOINT is an mmengine pretraining checkpoint of this suite (``state_dict`` with ``mae.`` keys and the
-config text in ``meta.cfg``). The first ``--num`` images found under DIR (adpe.data.find_images) are resized
+CHECKPOINT is a pretraining checkpoint: this suite's (mmengine, ``state_dict`` with ``mae.`` keys and the
+config text in ``meta.cfg``) or a release one of MAE or AdPE (``model`` + ``args``); adpe.checkpoint.load_pretrainer
+builds the model it describes. The first ``--num`` images found under DIR (adpe.data.find_images) are resized
 (shorter side) and centre-cropped to the model's input size; the mask is drawn from ``--seed``.
 """
 
@@ -18,34 +19,11 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # adpe, when not installed
 
+from adpe.checkpoint import load_pretrainer  # noqa: E402
 from adpe.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, find_images  # noqa: E402
-from adpe.mae import MaskedAutoencoder  # noqa: E402
+from adpe.mae import MaskedAutoencoder, patch_stats  # noqa: E402
 
-NOT_MODEL_KWARGS = ("type", "_scope_", "data_preprocessor", "init_cfg")
 COLUMNS = ("original", "masked input", "reconstruction", "reconstruction + visible")
-
-
-def load_model(checkpoint: str | Path) -> tuple[MaskedAutoencoder, dict]:
-    """The ``MaskedAutoencoder`` of an mmengine pretraining checkpoint (strict load), and its model config."""
-    import adpe.mm  # noqa: F401  (allow-lists mmengine's classes for torch.load)
-    from adpe.checkpoint import load_checkpoint_file
-
-    ckpt = load_checkpoint_file(checkpoint)
-    cfg_text = (ckpt.get("meta") or {}).get("cfg")
-    if not isinstance(cfg_text, str):
-        raise ValueError(f"{checkpoint} has no config text in meta.cfg: is it an mmengine pretraining checkpoint?")
-    from mmengine.config import Config
-
-    cfg = Config.fromstring(cfg_text, ".py")
-    model_cfg = dict(cfg.model)
-    if model_cfg.get("type") not in (None, "AdPEPretrainer"):
-        raise ValueError(f"{checkpoint}: model type {model_cfg.get('type')!r} is not a pretraining model")
-    model = MaskedAutoencoder(**{k: v for k, v in model_cfg.items() if k not in NOT_MODEL_KWARGS})
-    state = {k[len("mae."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("mae.")}
-    if not state:
-        raise ValueError(f"{checkpoint}: no 'mae.' weights in state_dict")
-    model.load_state_dict(state, strict=True)
-    return model.eval(), model_cfg
 
 
 def input_size(model: MaskedAutoencoder) -> int:
@@ -104,9 +82,8 @@ def reconstruct(model: MaskedAutoencoder, imgs: Tensor, seed: int = 0) -> dict[s
     target = model.patchify(imgs)
     pred_pixels = pred
     if model.norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        pred_pixels = pred * (var + 1e-6) ** 0.5 + mean
+        mean, std = patch_stats(target)
+        pred_pixels = pred * std + mean
     masked = mask[..., None].bool()
     mean_rgb, std_rgb = _stats(imgs)
     grey = model.patchify(((0.5 - mean_rgb) / std_rgb).expand_as(imgs))  # mid-grey once de-normalised
@@ -153,7 +130,8 @@ def save_figure(result: dict[str, Tensor], out: str | Path, title: str = "") -> 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="mmengine pretraining checkpoint (e.g. work_dirs/.../epoch_30.pth)")
+    parser.add_argument("checkpoint", help="pretraining checkpoint: ours (e.g. work_dirs/.../epoch_30.pth) or an "
+                        "MAE / AdPE release one")
     parser.add_argument("--images", required=True, help="folder of images (ImageNet-style or flat)")
     parser.add_argument("--num", type=int, default=4, help="number of images (rows)")
     parser.add_argument("--out", default="recon.png", help="output PNG")
@@ -165,13 +143,15 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     if args.num < 1:
         raise SystemExit("--num must be >= 1")
+    import adpe.mm  # noqa: F401  (allow-lists mmengine's classes in our training checkpoints for torch.load)
+
     try:
-        model, model_cfg = load_model(args.checkpoint)
+        model = load_pretrainer(args.checkpoint).eval()
         imgs = load_images(args.images, input_size(model), args.num)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
     result = reconstruct(model, imgs, args.seed)
-    variant = ", ".join(f"{k}={model_cfg[k]}" for k in ("variant", "position", "adversary") if model_cfg.get(k))
+    variant = f"{model.variant}, {model.position}" + (f", adversary={model.adversary.mode}" if model.adversary else "")
     title = f"{Path(args.checkpoint).name} ({variant}); mask ratio {model.mask_ratio}, seed {args.seed}, " \
             f"loss {result['loss'].item():.4f}"
     out = save_figure(result, args.out, title)

@@ -6,6 +6,7 @@ import copy
 
 import torch
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmengine.model import BaseModel, is_model_wrapper
 from mmengine.registry import (
     DATASETS,
@@ -18,6 +19,7 @@ from mmengine.registry import (
 )
 from torch import Tensor
 
+from adpe.checkpoint import load_checkpoint_file, load_strictly, pretrainer_from_checkpoint
 from adpe.data import ImageFolderDataset, MultiCropTransform, multicrop_collate
 from adpe.mae import MaskedAutoencoder
 from adpe.optim import pretrain_param_groups
@@ -28,11 +30,26 @@ class AdPEPretrainer(BaseModel):
     """mmengine model around ``adpe.mae.MaskedAutoencoder`` (keyword arguments go to it unchanged).
 
     Its weights live under ``mae.``; ``tools/convert_checkpoint.py`` turns them into a backbone.
+    ``pretrained``: start from the weights of a pretraining checkpoint (ours, or an MAE / AdPE release), loaded
+    strictly into the model this config builds; only the adversary may be absent (e.g. an AdPE run started
+    from MAE+ weights), and then starts afresh. Resuming a run takes precedence over it.
     """
 
-    def __init__(self, data_preprocessor: dict | None = None, init_cfg: dict | None = None, **mae_kwargs):
+    def __init__(self, data_preprocessor: dict | None = None, init_cfg: dict | None = None,
+                 pretrained: str | None = None, **mae_kwargs):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.mae = MaskedAutoencoder(**mae_kwargs)
+        self.pretrained = pretrained
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        if self.pretrained is None:
+            return
+        _, state, dropped = pretrainer_from_checkpoint(load_checkpoint_file(self.pretrained))
+        fresh = {k for k in self.mae.state_dict() if k.startswith("adversary.")} - set(state)
+        load_strictly(self.mae, state, self.pretrained, optional=fresh)
+        print_log(f"AdPEPretrainer: loaded {len(state)} tensors from {self.pretrained}; dropped on purpose: "
+                  f"{len(dropped)} keys; starting afresh: {sorted(fresh) or 'none'}", logger="current")
 
     def forward(self, inputs: Tensor, data_samples=None, mode: str = "loss"):
         """inputs: (B * crops, C, H, W). 'loss' -> {'loss'}; 'predict' / 'tensor' -> the model's dict."""

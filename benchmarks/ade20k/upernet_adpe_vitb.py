@@ -1,4 +1,4 @@
-# UperNet + AdPE ViT-B/16 on ADE20K, 160k iterations at 512^2 (mmseg's MAE recipe, DESIGN.md §3) with the
+# UperNet + AdPE ViT-B/16 on ADE20K, 160k iterations at 512^2 (mmseg's MAE recipe, docs/method.md) with the
 # AdPE paper's lr 2e-4 (searched in [5e-5, 3e-4]). Paper: 50.7 mIoU (MAE: 48.1).
 #   tools/dist_train.sh benchmarks/ade20k/upernet_adpe_vitb.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=PATH

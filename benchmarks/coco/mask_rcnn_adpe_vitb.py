@@ -1,4 +1,4 @@
-# Mask R-CNN + AdPE ViT-B/16 on COCO, ViTDet recipe (DESIGN.md §3): LSJ 1024 (scale 0.1-2.0), 64 images per
+# Mask R-CNN + AdPE ViT-B/16 on COCO, ViTDet recipe (docs/method.md): LSJ 1024 (scale 0.1-2.0), 64 images per
 # iteration (8 GPUs x 8), 184,375 iterations (100 epochs), warm-up 250, lr x0.1 at 163,889 and 177,546,
 # AdamW lr 1e-4, wd 0.1, layer decay 0.7, drop path 0.1, window attention 14 with global blocks 2/5/8/11,
 # simple feature pyramid with LayerNorm2d, RPN with 2 convs, 4conv+1fc box head and mask head with LN, AMP.

@@ -1,6 +1,9 @@
 # MAE+ / AdPE pretraining recipe (AdPE, arXiv 2303.07598, following MAE): AdamW betas (0.9, 0.95), weight
-# decay 0.05 (none on biases and 1-D parameters), lr = base_lr * effective_batch / 256 with base_lr 1.5e-4,
+# decay 0.05 on every tensor of 2 or more dimensions -- cls and mask tokens included, as the release and MAE
+# do -- and none on biases and 1-D parameters; lr = base_lr * effective_batch / 256 with base_lr 1.5e-4,
 # per-iteration cosine schedule after a linear warm-up, 4 crops of 112^2 per image, mask ratio 0.75.
+# In RPE models the attention adds q . r with the scaled query, as the release's pretraining model does.
+# model.pretrained=PATH starts from a pretraining checkpoint (ours or an MAE / AdPE release), loaded strictly.
 #
 # effective_batch counts *images* per optimiser step over all GPUs and accumulation steps. tools/train.py
 # sets optim_wrapper.accumulative_counts = effective_batch / (GPUs x batch_size), so the recipe holds on
@@ -14,6 +17,7 @@ warmup_epochs = 20
 base_lr = 1.5e-4
 base_adv_lr = 1.5e-4  # the adversary's own lr, scaled and scheduled like the main lr
 
+custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 model = dict(
     type='AdPEPretrainer',
     size='base',
