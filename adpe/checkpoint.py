@@ -15,7 +15,6 @@ Supported sources (docs/method.md, "Checkpoints"):
 from __future__ import annotations
 
 import argparse
-import ast
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adpe.config_text import config_model
 from adpe.pos_embed import resample_pos_embed
 
 logger = logging.getLogger(__name__)
@@ -228,37 +228,6 @@ def state_mismatch(state: dict, target: dict, optional: set[str] = frozenset()) 
     return ("".join(f"\n  missing: {k}" for k in missing)
             + "".join(f"\n  unexpected: {k}" for k in unexpected)
             + "".join(f"\n  shape: {s}" for s in shapes))
-
-
-def config_model(cfg_text: str) -> dict:
-    """The ``model = dict(...)`` of a saved config's text (mmengine's ``meta['cfg']``), as a plain dict.
-
-    Reads literals and ``dict(...)`` calls only, without executing anything; {} when there is no such
-    assignment.
-    """
-    try:
-        tree = ast.parse(cfg_text)
-    except SyntaxError as err:
-        raise CheckpointMismatchError(f"the checkpoint's config text does not parse: {err}") from err
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "model" for t in node.targets):
-            model = _config_value(node.value)
-            return model if isinstance(model, dict) else {}
-    return {}
-
-
-def _config_value(node: ast.AST):
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
-        return {kw.arg: _config_value(kw.value) for kw in node.keywords}
-    if isinstance(node, ast.Dict):
-        return {_config_value(k): _config_value(v) for k, v in zip(node.keys, node.values, strict=True)}
-    if isinstance(node, (ast.List, ast.Tuple)):
-        items = [_config_value(e) for e in node.elts]
-        return items if isinstance(node, ast.List) else tuple(items)
-    try:
-        return ast.literal_eval(node)
-    except ValueError:
-        return None  # an expression we do not evaluate (e.g. a variable): not a model argument we read
 
 
 # ---------------------------------------------------------------------------------------------------------
