@@ -18,10 +18,15 @@ rpe        coordinate  ``encoder.i`` / ``decoder.i``:        offsets of masked q
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from adpe.pos_embed import grid_coords, sincos_2d_at
+from adpe.rpe import continuous_lookup, grid_lookup, grid_offsets
+from adpe.vit import RelPos
 
 Position = Literal["ape", "rpe"]
 Mode = Literal["embedding", "coordinate"]
@@ -44,6 +49,19 @@ def project_(delta: Tensor, norm: Norm, radius: float) -> Tensor:
     elif norm != "none":
         raise ValueError(f"unknown projection norm {norm!r}; use one of {NORMS}")
     return delta
+
+
+@dataclass(frozen=True)
+class RowGain:
+    """RPE embedding mode: every table entry that a perturbed query reads gains delta, so every logit of its row
+    gains ``q . delta``. delta: (head_dim,); query_mask: (B, N) float, 1 for perturbed query rows."""
+
+    delta: Tensor
+    query_mask: Tensor
+
+    def __call__(self, q: Tensor) -> Tensor:
+        """q: (B, H, N, head_dim) -> (B, H, N)."""
+        return (q @ self.delta.to(q.dtype)) * self.query_mask[:, None].to(q.dtype)
 
 
 class PositionAdversary(nn.Module):
@@ -89,6 +107,37 @@ class PositionAdversary(nn.Module):
             enc_dim, dec_dim = head_dims if mode == "embedding" else (2, 2)
             self.encoder = nn.ParameterList([nn.Parameter(torch.zeros(enc_dim)) for _ in range(depths[0])])
             self.decoder = nn.ParameterList([nn.Parameter(torch.zeros(dec_dim)) for _ in range(depths[1])])
+
+    # ------------------------------------------------------------ what the model asks of its adversary
+    def masked_content(self, mask_token: Tensor | None) -> Tensor:
+        """What masked patches carry before positions are added: delta in APE embedding mode, else the
+        model's mask token. -> (1, 1, D)."""
+        if self.position_kind == "ape" and self.mode == "embedding":
+            return self.position.view(1, 1, -1)
+        return mask_token
+
+    def masked_positions(self, table: Tensor, grid: tuple[int, int]) -> Tensor:
+        """The positions added to masked patches: the sin-cos table (1, L, D) itself, or in APE coordinate mode
+        the sin-cos embedding at the grid shifted by delta = (dx, dy), also (1, L, D)."""
+        if self.position_kind != "ape" or self.mode != "coordinate":
+            return table
+        coords = grid_coords(*grid, device=self.position.device) + self.position.flip(0).to(torch.float64)
+        return sincos_2d_at(coords, table.shape[-1]).to(table.dtype)[None]
+
+    def relative_positions(self, stack: str, grid: tuple[int, int], lookup: str, mask: Tensor) -> list[RelPos]:
+        """Each layer's RelPos in the 'encoder' or 'decoder' stack of an RPE model; mask (B, L), 1 = masked.
+
+        Coordinate mode: the offsets of masked queries shift by the layer's delta, read bilinearly. Embedding
+        mode: the unperturbed ``lookup`` kind plus the layer's row gain for masked queries (never the cls row).
+        """
+        deltas = getattr(self, stack)
+        if self.mode == "coordinate":
+            offsets = grid_offsets(*grid, device=mask.device)[None]  # (1, L, L, 2)
+            shift = mask[:, :, None, None]  # rows of masked queries move by delta
+            return [RelPos(continuous_lookup(offsets + shift * d.to(offsets.dtype))) for d in deltas]
+        unperturbed = grid_lookup(*grid, lookup, device=mask.device)
+        query_mask = torch.cat([mask.new_zeros(mask.shape[0], 1), mask], dim=1)  # cls first, never perturbed
+        return [RelPos(unperturbed, RowGain(d, query_mask)) for d in deltas]
 
     def extra_repr(self) -> str:
         return f"{self.position_kind}/{self.mode}, norm={self.norm}, radius={self.radius}"

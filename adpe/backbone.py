@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from adpe.pos_embed import resample_pos_embed, sincos_2d_table
 from adpe.rel_bias import DecomposedRelPos, RelPosBias
-from adpe.rpe import grid_lookup
+from adpe.rpe import check_lookup_kind, grid_lookup
 from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_, vit_size
 
 
@@ -72,8 +72,7 @@ class ViTBackbone(nn.Module):
         super().__init__()
         if mode not in ("seg", "det") or rel_pos not in ("none", "bias", "irpe"):
             raise ValueError(f"mode must be 'seg'/'det' and rel_pos 'none'/'bias'/'irpe', got {mode!r}/{rel_pos!r}")
-        if rpe_lookup not in ("discrete", "continuous"):
-            raise ValueError(f"rpe_lookup must be 'discrete' or 'continuous', got {rpe_lookup!r}")
+        check_lookup_kind(rpe_lookup)
         dims = vit_size(size, **size_overrides)
         self.dims, self.mode, self.rel_pos, self.rpe_lookup = dims, mode, rel_pos, rpe_lookup
         self.rpe_query_scale = bool(rpe_query_scale)

@@ -26,6 +26,7 @@ import torch
 
 from adpe.config_text import config_model
 from adpe.pos_embed import resample_pos_embed
+from adpe.rpe import LOOKUP_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def checkpoint_variant(ckpt: dict) -> dict[str, str]:
     if lookup is None and isinstance(meta.get("cfg"), str):
         model = config_model(meta["cfg"])
         lookup = model.get("rpe_lookup", model.get("backbone", {}).get("rpe_lookup"))
-        lookup = lookup if lookup in ("discrete", "continuous") else None
+        lookup = lookup if lookup in LOOKUP_KINDS else None
     if lookup is None and ckpt.get("args") is not None:
         lookup = "continuous" if getattr(ckpt["args"], "adv_type", 0) == 2 else None
     return {"position": position, "rpe_lookup": lookup or "discrete"}
@@ -363,3 +364,30 @@ def load_strictly(model: torch.nn.Module, state: dict, source: str, optional: se
     if problems:
         raise CheckpointMismatchError(f"{source} does not fit {type(model).__name__}:{problems}")
     model.load_state_dict(state, strict=False)  # checked above: only optional keys can be missing
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pretraining checkpoint -> exported backbone file (tools/convert_checkpoint.py)
+# ---------------------------------------------------------------------------------------------------------
+def export_backbone(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
+    """Write the tensors-only backbone file of a pretraining checkpoint (ours, or an MAE / AdPE release).
+
+    ``dst`` holds {'state_dict': backbone weights (contiguous, on the CPU), 'meta': {'source': absolute
+    ``src``, 'position', 'rpe_lookup', 'dropped': sorted keys dropped on purpose}}, loads with
+    ``torch.load(weights_only=True)`` and is written all or nothing. Returns what was written. Raises
+    CheckpointMismatchError when no ViT blocks are left after the conversion.
+    """
+    import io  # only for the in-memory serialisation here
+
+    ckpt = load_checkpoint_file(src)
+    state, dropped = to_backbone_state(ckpt)
+    if not any(k.startswith("blocks.") for k in state):
+        raise CheckpointMismatchError(f"{src}: no ViT blocks found after conversion (keys: {sorted(state)[:5]}...)")
+    out = {
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()},
+        "meta": {"source": os.path.abspath(src), **checkpoint_variant(ckpt), "dropped": sorted(dropped)},
+    }
+    buffer = io.BytesIO()
+    torch.save(out, buffer)
+    atomic_write(buffer.getvalue(), dst)
+    return out

@@ -19,8 +19,8 @@ from timm.layers import PatchEmbed
 from torch import Tensor, nn
 
 from adpe.adversary import Mode, Norm, PositionAdversary
-from adpe.pos_embed import grid_coords, sincos_2d_at, sincos_2d_table
-from adpe.rpe import continuous_lookup, grid_lookup, grid_offsets
+from adpe.pos_embed import sincos_2d_table
+from adpe.rpe import check_lookup_kind, grid_lookup
 from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_, vit_size
 
 
@@ -130,9 +130,9 @@ class MaskedAutoencoder(nn.Module):
     def _check_options(variant, position, rpe_lookup, adversary) -> None:
         if variant not in ("mae", "mae_plus"):
             raise ValueError(f"variant must be 'mae' or 'mae_plus', got {variant!r}")
-        if position not in ("ape", "rpe") or rpe_lookup not in ("discrete", "continuous"):
-            raise ValueError(f"position must be 'ape'/'rpe' and rpe_lookup 'discrete'/'continuous', "
-                             f"got {position!r}/{rpe_lookup!r}")
+        if position not in ("ape", "rpe"):
+            raise ValueError(f"position must be 'ape' or 'rpe', got {position!r}")
+        check_lookup_kind(rpe_lookup)
         if variant == "mae" and (position == "rpe" or adversary is not None):
             raise ValueError("plain MAE is the APE baseline without adversary; use variant='mae_plus' "
                              "for RPE or adversarial positions")
@@ -169,40 +169,25 @@ class MaskedAutoencoder(nn.Module):
         return random_masking(batch, self.grid[0] * self.grid[1], self.mask_ratio, device, generator)
 
     # ---------------------------------------------------------------- positions
-    def _masked_positions(self, dim_table: Tensor, delta: Tensor) -> Tensor:
-        """APE coordinate mode: sin-cos at the grid shifted by delta = (dx, dy): (L, D)."""
-        coords = grid_coords(*self.grid, device=delta.device) + delta.flip(0).to(torch.float64)
-        return sincos_2d_at(coords, dim_table.shape[-1]).to(dim_table.dtype)
-
     def _stack_rel_pos(self, mask: Tensor, stack: str, depth: int) -> list[RelPos | None]:
         """The RelPos input of each layer of the 'encoder' or 'decoder' stack (None for APE models)."""
         if self.position != "rpe":
             return [None] * depth
-        deltas = getattr(self.adversary, stack) if self.adversary is not None else None
-        if deltas is not None and self.adversary.mode == "coordinate":
-            offsets = grid_offsets(*self.grid, device=mask.device)[None]  # (1, L, L, 2)
-            shift = mask[:, :, None, None]  # rows of masked queries move by delta
-            return [RelPos(continuous_lookup(offsets + shift * d.to(offsets.dtype))) for d in deltas]
-        lookup = grid_lookup(*self.grid, self.rpe_lookup, device=mask.device)
-        if deltas is not None:
-            query_mask = torch.cat([mask.new_zeros(mask.shape[0], 1), mask], dim=1)  # cls never perturbed
-            return [RelPos(lookup, d, query_mask) for d in deltas]
-        return [RelPos(lookup)] * depth
+        if self.adversary is not None:
+            return self.adversary.relative_positions(stack, self.grid, self.rpe_lookup, mask)
+        return [RelPos(grid_lookup(*self.grid, self.rpe_lookup, device=mask.device))] * depth
 
     # ---------------------------------------------------------------- encoder / decoder
     def embed_masked(self, imgs: Tensor, mask: Tensor) -> Tensor:
         """MAE+ input: patches, masked ones replaced; positions added; cls first. -> (B, 1+L, D)."""
         x = self.patch_embed(imgs)
         masked = mask[..., None].bool()
-        pos = self.pos_embed[:, 1:]
-        adv = self.adversary
-        if adv is not None and adv.position_kind == "ape" and adv.mode == "embedding":
-            x = torch.where(masked, adv.position.to(x.dtype), x)
-        else:
-            x = torch.where(masked, self.mask_token.to(x.dtype), x)
-        if adv is not None and adv.position_kind == "ape" and adv.mode == "coordinate":
-            pos = torch.where(masked, self._masked_positions(pos, adv.position), pos)
-        x = x + pos
+        content, pos = self.mask_token, self.pos_embed[:, 1:]
+        masked_pos = pos
+        if self.adversary is not None:  # it may change what masked patches carry and where they sit
+            content = self.adversary.masked_content(content)
+            masked_pos = self.adversary.masked_positions(pos, self.grid)
+        x = torch.where(masked, content.to(x.dtype), x) + torch.where(masked, masked_pos, pos)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         return torch.cat([cls, x], dim=1)
 

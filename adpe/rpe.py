@@ -1,9 +1,9 @@
 """iRPE relative positions: contextual mode, product method, on keys, one table shared by all heads.
 
 Reference: Wu et al., "Rethinking and Improving Relative Position Encoding for Vision Transformer" (ICCV 2021).
-The attention logit of query i and key j gains ``q_i . r_{b(i, j)}`` (whether q is scaled first is the
-attention's choice: ``adpe.vit.Attention(rpe_query_scale=...)``), where r is a (head_dim, num_buckets) table and b the bucket
-of the offset (query - key) on the patch grid. Conventions follow the AdPE release exactly (docs/method.md),
+The attention logit of query i and key j gains ``q_i . r_{b(i, j)}``, where r is a (head_dim, num_buckets)
+table and b the bucket of the offset (query - key) on the patch grid; whether q is scaled first is the
+attention's choice (``adpe.vit.Attention(rpe_query_scale=...)``). Conventions follow the AdPE release exactly (docs/method.md),
 so released tables load unchanged:
 
 * offsets are (d_row, d_col) = position of the query minus position of the key;
@@ -127,13 +127,22 @@ def continuous_lookup(offsets: Tensor, cls_token: bool = True) -> Lookup:
     return Lookup(ids_t, weights_t)
 
 
+LOOKUP_KINDS = ("discrete", "continuous")
+
+
+def check_lookup_kind(kind: str) -> str:
+    """``kind`` if it names an iRPE lookup ('discrete': rounded buckets, 'continuous': bilinear), else an error."""
+    if kind not in LOOKUP_KINDS:
+        raise ValueError(f"unknown iRPE lookup {kind!r}: use 'discrete' or 'continuous' (models pretrained in "
+                         "RPE coordinate mode use 'continuous')")
+    return kind
+
+
 def grid_lookup(height: int, width: int, kind: str, cls_token: bool = True, device=None) -> Lookup:
     """The unperturbed lookup of a grid: ``kind`` 'discrete' (rounded buckets) or 'continuous' (bilinear)."""
-    if kind == "discrete":
+    if check_lookup_kind(kind) == "discrete":
         return discrete_lookup(height, width, cls_token=cls_token, device=device)
-    if kind == "continuous":
-        return continuous_lookup(grid_offsets(height, width, device=device)[None], cls_token=cls_token)
-    raise ValueError(f"unknown iRPE lookup {kind!r}: use 'discrete' or 'continuous'")
+    return continuous_lookup(grid_offsets(height, width, device=device)[None], cls_token=cls_token)
 
 
 # Above this many (query, key, bucket) entries a dense mixing matrix costs too much memory (256 MB in fp32).

@@ -7,6 +7,7 @@ Parameter names follow MAE / timm (``norm1``, ``attn.qkv``, ``attn.proj``, ``nor
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -52,13 +53,12 @@ class RelPos:
     """The relative-position input of one attention layer.
 
     lookup: where each (query, key) pair reads the iRPE table (N counts the cls token).
-    row_delta: (head_dim,) adversarial vector added to every table entry for the queries in ``query_mask``
-        (RPE embedding mode); query_mask: (B, N) float, 1 for perturbed query rows.
+    row_gain: optional ``q (B, H, N, head_dim) -> (B, H, N)``, added to every logit of its query's row (the
+        RPE-embedding adversary of ``adpe.adversary``); it receives the query as the iRPE table does.
     """
 
     lookup: Lookup
-    row_delta: Tensor | None = None
-    query_mask: Tensor | None = None
+    row_gain: Callable[[Tensor], Tensor] | None = None
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
@@ -115,10 +115,8 @@ class Attention(nn.Module):
         if self.rpe_query_scale:
             q = q * self.head_dim**-0.5
         logits = self.rpe_k(q, rel_pos.lookup)
-        if rel_pos.row_delta is not None:
-            # Every bucket of a perturbed row reads r_b + delta, i.e. gains q_i . delta.
-            row_gain = q @ rel_pos.row_delta.to(q.dtype)  # (B, H, N)
-            logits = logits + (row_gain * rel_pos.query_mask[:, None].to(q.dtype))[..., None]
+        if rel_pos.row_gain is not None:
+            logits = logits + rel_pos.row_gain(q)[..., None]
         return logits
 
     def forward(self, x: Tensor, rel_pos: RelPos | None = None, grid: tuple[int, int] | None = None) -> Tensor:

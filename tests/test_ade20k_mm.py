@@ -22,7 +22,6 @@ import adpe.checkpoint  # noqa: E402
 import adpe.mm  # noqa: E402,F401
 from adpe.backbone import block_outputs  # noqa: E402
 from adpe.checkpoint import CheckpointMismatchError  # noqa: E402
-from tools.convert_checkpoint import convert  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -126,7 +125,7 @@ def test_release_rpe_coordinate_checkpoint_loads_with_auto_settings(tmp_path):
 
 def test_converted_checkpoint_is_tensors_only_and_loads_strictly(tmp_path):
     dst = tmp_path / "backbone.pth"
-    convert(str(FIXTURES / "official_adpe_rpe_tiny.pth"), str(dst))
+    adpe.checkpoint.export_backbone(FIXTURES / "official_adpe_rpe_tiny.pth", dst)
     exported = torch.load(dst, weights_only=True)  # no allow-list needed
     assert exported["meta"]["position"] == "rpe" and "mask_token" in exported["meta"]["dropped"]
     expected = torch.load(FIXTURES / "official_adpe_rpe_expected_112.pt", weights_only=True)
@@ -194,7 +193,7 @@ def test_vit_b_backbone_parameter_count_and_layer_decay():
 
 
 def test_tiny_upernet_trains_and_dist_test_reports_miou(tmp_path):
-    from adpe.demo_data import write_ade20k
+    from adpe.demo.data import write_ade20k
 
     data = write_ade20k(tmp_path / "ade20k", n_train=32, n_val=8, size=128, seed=0)
     work = tmp_path / "work"

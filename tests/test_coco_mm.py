@@ -108,7 +108,7 @@ def test_every_coco_config_builds(path):
 
 
 def test_tiny_mask_rcnn_trains_and_dist_test_reports_box_and_mask_ap(tmp_path):
-    from adpe.demo_data import write_coco
+    from adpe.demo.data import write_coco
 
     data = write_coco(tmp_path / "coco", n_train=32, n_val=8, size=128, seed=0)
     ann = f"{data}/annotations/instances_val2017.json"
@@ -142,7 +142,7 @@ def test_demo_mask_rcnn_fits_one_batch(tmp_path):
     from mmengine.dataset import pseudo_collate
     from mmengine.optim import build_optim_wrapper
 
-    from adpe.demo_data import write_coco
+    from adpe.demo.data import write_coco
 
     data = write_coco(tmp_path / "coco", n_train=4, n_val=1, size=128, seed=0)
     cfg = Config.fromfile(ROOT / "benchmarks/coco/mask_rcnn_adpe_vit_tiny_demo.py")

@@ -19,10 +19,11 @@ FIXTURES = ROOT / "tests" / "fixtures"
 OPENMMLAB = ("mmengine", "mmcv", "mmseg", "mmdet")
 
 
-def test_core_package_imports_no_openmmlab_module():
+def test_core_package_imports_no_openmmlab_module_and_no_cv2():
+    banned = (*OPENMMLAB, "cv2")
     code = ("import sys, adpe, adpe.mae, adpe.rpe, adpe.pos_embed, adpe.adversary, adpe.optim, adpe.data, "
-            "adpe.checkpoint, adpe.backbone; "
-            f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {OPENMMLAB!r}); assert not bad, bad")
+            "adpe.checkpoint, adpe.backbone, adpe.config_text, adpe.reconstruction, adpe.bench; "
+            f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {banned!r}); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 

@@ -105,6 +105,6 @@ def test_invalid_options_are_reported():
 
 
 def test_benchmarks_offer_every_model_size():
-    from tools import bench_common
+    from adpe import bench
 
-    assert bench_common.MODEL_SIZES == tuple(SIZES)
+    assert bench.MODEL_SIZES == tuple(SIZES)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tools.pipeline import PipelineConfig, main, plan
+from adpe.pipeline import PipelineConfig, main, plan, write_run_files
+from adpe.report import RunInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_VARIANTS = """
@@ -78,8 +82,8 @@ def test_finished_stages_are_skipped(config, tmp_path, capsys, monkeypatch):
         step.work_dir.mkdir(parents=True, exist_ok=True)
         step.marker.write_text("done\n")
     ran = []
-    monkeypatch.setattr("tools.pipeline.run_step", lambda step, *a: ran.append(step.stage))
-    monkeypatch.setattr("tools.pipeline.write_run_files", lambda cfg: None)
+    monkeypatch.setattr("adpe.pipeline.run_step", lambda step, *a: ran.append(step.stage))
+    monkeypatch.setattr("adpe.pipeline.write_run_files", lambda cfg: None)
     main(["--config", str(config)])
     assert ran == ["report"]
     assert capsys.readouterr().out.count("done before, skipped") == len(steps) - 1
@@ -90,3 +94,21 @@ def test_malformed_config_is_reported(tmp_path):
     path.write_text("work_dir: x\nvariants: [{label: no name}]\ndata: {}\n")
     with pytest.raises(SystemExit, match="malformed pipeline config"):
         PipelineConfig.load(path)
+
+
+def test_tool_is_the_same_command_line(config, capsys):
+    main(["--config", str(config), "--dry-run"])
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, "tools/pipeline.py", "--config", str(config), "--dry-run"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == capsys.readouterr().out
+
+
+def test_run_files_are_what_the_report_reads(config, tmp_path, monkeypatch):
+    monkeypatch.setattr("adpe.env.collect_env", lambda: {"device": "test"})
+    cfg = PipelineConfig.load(config)
+    write_run_files(cfg)
+    assert [RunInfo.read(tmp_path / "work" / v.name / "run.json") for v in cfg.variants] == cfg.variants
+    assert cfg.variants[0] == RunInfo("mae_plus_rpe", "mae_plus_rpe", "pretrain/mae_plus_vitb_rpe.py", True)
+    assert json.loads((tmp_path / "work" / "env.json").read_text()) == {"device": "test"}

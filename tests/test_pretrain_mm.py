@@ -17,7 +17,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
 from adpe.checkpoint import load_checkpoint_file  # noqa: E402
-from tools.train import apply_effective_batch, build_config, parse_args  # noqa: E402
+from adpe.mm.runner import build_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_CONFIGS = sorted(p for p in (ROOT / "pretrain").rglob("*.py") if not p.name.startswith("_"))
@@ -50,16 +50,12 @@ def test_vit_b_encoder_matches_timm_parameter_count():
     assert tables == 12 * 64 * 50  # one (1, head_dim, 50) iRPE table per encoder layer
 
 
-def tiny_cfg(config: str, data_root: Path, work_dir: Path, epochs: int, **extra) -> Config:
-    args = parse_args([str(ROOT / config), "--work-dir", str(work_dir), "--cfg-options",
-                       f"train_dataloader.dataset.data_root={data_root}", f"train_cfg.max_epochs={epochs}",
-                       "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
-                       "train_dataloader.batch_size=4", "default_hooks.logger.interval=1",
-                       "default_hooks.checkpoint.interval=1", "log_level=WARNING",
-                       "log_processor.window_size=1"])
-    for key, value in extra.items():
-        setattr(args, key, value)
-    return build_config(args)
+def tiny_cfg(config: str, data_root: Path, work_dir: Path, epochs: int, amp: bool = False) -> Config:
+    options = {"train_dataloader.dataset.data_root": str(data_root), "train_cfg.max_epochs": epochs,
+               "train_dataloader.num_workers": 0, "train_dataloader.persistent_workers": False,
+               "train_dataloader.batch_size": 4, "default_hooks.logger.interval": 1,
+               "default_hooks.checkpoint.interval": 1, "log_level": "WARNING", "log_processor.window_size": 1}
+    return build_config(str(ROOT / config), work_dir=str(work_dir), cfg_options=options, amp=amp)
 
 
 def logged(work_dir: Path, key: str) -> list[float]:
@@ -99,12 +95,13 @@ def test_resumed_run_matches_uninterrupted_run(image_folder, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path; on a GPU --amp keeps mmengine's AmpOptimWrapper")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of --amp")
 def test_bf16_autocast_wrapper_on_cpu(image_folder, tmp_path):
     cfg = tiny_cfg("pretrain/demo/mae_plus_vit_tiny_ape.py", image_folder, tmp_path, epochs=1, amp=True)
-    assert cfg.optim_wrapper.type == "AutocastOptimWrapper"
+    assert cfg.optim_wrapper.type == "AutoAmpOptimWrapper"
     runner = Runner.from_cfg(cfg)
     wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)
+    assert type(wrapper).__name__ == "AutocastOptimWrapper" and wrapper.cast_dtype == torch.bfloat16
     with wrapper.optim_context(runner.model):
         out = runner.model.mae.blocks[0].mlp.fc1(torch.randn(2, 192))
     assert out.dtype == torch.bfloat16
@@ -112,14 +109,24 @@ def test_bf16_autocast_wrapper_on_cpu(image_folder, tmp_path):
     assert len(logged(tmp_path, "loss")) == 4
 
 
-def test_effective_batch_sets_accumulation_and_rejects_uneven_split(monkeypatch):
-    cfg = Config(dict(effective_batch=4096, train_dataloader=dict(batch_size=64), optim_wrapper=dict()))
-    monkeypatch.setenv("WORLD_SIZE", "16")
-    apply_effective_batch(cfg)
-    assert cfg.optim_wrapper.accumulative_counts == 4
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(SystemExit, match="not a multiple"):
-        apply_effective_batch(cfg)
+def test_plain_runner_keeps_the_effective_batch_on_any_world_size(image_folder, tmp_path, monkeypatch):
+    """Runner.from_cfg on the ViT-B config, no launcher of ours: 8 processes x 64 images -> 8 accumulation steps."""
+    import adpe.mm.engine as engine
+
+    cfg = Config.fromfile(ROOT / "pretrain/adpe_vitb_rpe_coord.py")
+    cfg.merge_from_dict({"model.size": "tiny", "train_dataloader.dataset.data_root": str(image_folder),
+                         "train_dataloader.num_workers": 0, "train_dataloader.persistent_workers": False,
+                         "work_dir": str(tmp_path)})
+    runner = Runner.from_cfg(cfg)
+    runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
+    hook = next(h for h in runner.hooks if type(h).__name__ == "EffectiveBatchHook")
+    assert runner.train_dataloader.batch_size == 64 and runner.optim_wrapper._accumulative_counts == 1
+    monkeypatch.setattr(engine, "get_world_size", lambda: 8)
+    hook.before_run(runner)
+    assert runner.optim_wrapper._accumulative_counts == 8
+    monkeypatch.setattr(engine, "get_world_size", lambda: 3)
+    with pytest.raises(ValueError, match="not a multiple of 3 processes x batch_size 64"):
+        hook.before_run(runner)
 
 
 def test_missing_data_root_fails_at_start_naming_the_path(tmp_path):

@@ -1,9 +1,13 @@
-"""tools/report.py on generated work dirs, and tools/visualize_reconstruction.py on a fake checkpoint."""
+"""adpe.report and tools/report.py on generated work dirs, and tools/visualize_reconstruction.py on a fake
+checkpoint."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
+from adpe import report
 from adpe.mae import MaskedAutoencoder
-from tools import report
+from adpe.report.records import RunInfo, load_published
 from tools import visualize_reconstruction as vis
 
+ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ENV = {"python": "3.11.9", "torch": "2.6.0", "mmengine": "0.10.7", "device": "cpu", "threads": "torch 2, cpus 2"}
 
@@ -180,34 +186,42 @@ def run_dir(tmp_path) -> Path:
 
 def test_collect_rows_reads_stages_statuses_and_merges_resumed_logs(run_dir):
     rows = report.collect_rows([run_dir])
-    assert [r["name"] for r in rows] == ["adpe_ape_coord", "adpe_rpe_embed", "mae_plus"]
+    assert [r.name for r in rows] == ["adpe_ape_coord", "adpe_rpe_embed", "mae_plus"]
     adpe, partial, base = rows
-    assert base["is_baseline"] and not adpe["is_baseline"]
-    assert adpe["values"] == {"ade20k_miou": 10.0, "coco_ap_box": 12.3, "coco_ap_mask": 10.1, "pretrain_loss": 0.58}
-    assert partial["values"] == {"ade20k_miou": None, "coco_ap_box": None, "coco_ap_mask": None,
+    assert base.is_baseline and not adpe.is_baseline
+    assert adpe.values == {"ade20k_miou": 10.0, "coco_ap_box": 12.3, "coco_ap_mask": 10.1, "pretrain_loss": 0.58}
+    assert partial.values == {"ade20k_miou": None, "coco_ap_box": None, "coco_ap_mask": None,
                                  "pretrain_loss": 0.9}
-    loss = adpe["stages"]["pretrain"]["series"]["loss"]
+    loss = adpe.pretrain.series["loss"]
     assert loss == [(10, 1.0), (20, 0.9), (30, 0.8), (40, 0.6), (50, 0.55), (60, 0.5), (70, 0.45)]
-    assert adpe["stages"]["pretrain"]["series"]["adv_norm"][-1] == (70, pytest.approx(0.7))
-    assert "adv_norm" not in base["stages"]["pretrain"]["series"]
-    assert adpe["stages"]["pretrain"]["status"] == "finished"
-    assert adpe["stages"]["pretrain"]["max_epochs"] == 2
-    assert adpe["stages"]["pretrain"]["checkpoint"].endswith("epoch_2.pth")
-    assert adpe["stages"]["pretrain"]["dumped_config"].endswith("20240101_120000/vis_data/config.py")
-    assert adpe["stages"]["pretrain"]["model"]["adversary"] == "coordinate"
+    assert adpe.pretrain.series["adv_norm"][-1] == (70, pytest.approx(0.7))
+    assert "adv_norm" not in base.pretrain.series
+    assert adpe.pretrain.status == "finished"
+    assert adpe.pretrain.max_epochs == 2
+    assert adpe.pretrain.checkpoint.endswith("epoch_2.pth")
+    assert adpe.pretrain.dumped_config.endswith("20240101_120000/vis_data/config.py")
+    assert adpe.pretrain.model["adversary"] == "coordinate"
     # validation series: mIoU from val rows only; COCO val steps are epochs here
-    assert base["stages"]["ade20k"]["series"]["mIoU"] == [(20, 5.0), (40, 7.5)]
-    assert base["stages"]["coco"]["series"]["coco/segm_mAP"] == [(1, 0.045), (2, 0.09)]
-    assert [partial["stages"][s]["status"] for s in report.STAGES] == ["finished", "unfinished", "missing"]
-    assert base["env"] == ENV
+    assert base.ade20k.series["mIoU"] == [(20, 5.0), (40, 7.5)]
+    assert base.coco.series["coco/segm_mAP"] == [(1, 0.045), (2, 0.09)]
+    assert [partial.stages[s].status for s in report.STAGES] == ["finished", "unfinished", "missing"]
+    assert base.env == ENV
     # a variant dir given directly gives the same row
-    assert report.collect_rows([run_dir / "mae_plus"])[0]["values"] == base["values"]
+    assert report.collect_rows([run_dir / "mae_plus"])[0].values == base.values
 
 
-def test_write_report_exact_tables(run_dir, tmp_path, capsys):
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """tools/report.py as the pipeline runs it: from the checkout, adpe importable from there."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "tools/report.py", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_writes_the_exact_tables(run_dir, tmp_path):
     out = tmp_path / "report"
-    md = report.main([str(run_dir), "--out", str(out)])
-    assert capsys.readouterr().out.strip() == str(out / "report.md") == str(md)
+    done = run_cli(str(run_dir), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out / "report.md")
 
     with (out / "results.csv").open(newline="") as f:
         reader = csv.DictReader(f)
@@ -241,6 +255,8 @@ def test_write_report_exact_tables(run_dir, tmp_path, capsys):
     assert "| AdPE | 50.7 | 53.5 | 46.5 | 84.4 |" in text
     assert "| MAE | 48.1 | 50.3 | 44.9 | 83.6 |" in text
     assert "| AdPE RPE coordinate | 84.4 |" in text
+    assert "Source: AdPE paper (Adversarial Positional Embeddings, arXiv 2303.07598), ViT-B." in text
+    assert "Source: AdPE release README (github.com/maple-research-lab/AdPE" in text
     for name in PLOTS:
         assert f"]({name})" in text  # relative links
         assert_png(out / name)
@@ -264,7 +280,7 @@ def test_baseline_option_statuses_and_no_adversary(tmp_path):
     _ade20k(scratch, [(20, 1.0)], 1.5)
 
     rows = report.collect_rows([run])
-    assert [r["name"] for r in rows] == ["mae_short", "random_init"]
+    assert [r.name for r in rows] == ["mae_short", "random_init"]
     cells = {c["name"]: c for c in report.table_rows(rows)}  # no baseline flag: the first row
     assert cells["mae_short"]["baseline"] == "yes"
     assert cells["random_init"]["ade20k_miou_delta"] == "-1.50"
@@ -292,11 +308,36 @@ def test_baseline_option_statuses_and_no_adversary(tmp_path):
 
 
 def test_cli_errors_on_missing_work_dir(tmp_path):
-    with pytest.raises(SystemExit, match="not found"):
-        report.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
+    done = run_cli(str(tmp_path / "nothing"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 1 and "error: work dir not found" in done.stderr
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="neither a variant dir"):
-        report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    done = run_cli(str(tmp_path / "empty"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 1 and "neither a variant dir" in done.stderr
+    with pytest.raises(FileNotFoundError, match="not found"):
+        report.collect_rows([tmp_path / "nothing"])
+
+
+def test_run_json_format_is_stable(tmp_path):
+    """run.json as the pipeline has always written it: old work dirs keep reading."""
+    run = RunInfo("adpe_rpe_coord", "AdPE RPE coord", "pretrain/adpe_vitb_rpe_coord.py", baseline=True)
+    run.write(tmp_path / "run.json")
+    assert (tmp_path / "run.json").read_text() == json.dumps(
+        {"name": "adpe_rpe_coord", "label": "AdPE RPE coord", "pretrain_config": "pretrain/adpe_vitb_rpe_coord.py",
+         "baseline": True}, indent=2)
+    assert RunInfo.read(tmp_path / "run.json") == run
+    variant = tmp_path / "random_init"
+    variant.mkdir()
+    (variant / "run.json").write_text('{"pretrain_config": null}')  # hand-written: the rest defaults
+    assert RunInfo.read(variant / "run.json") == RunInfo("random_init", "random_init", None, False)
+    assert RunInfo.read(variant / "absent.json") is None
+
+
+def test_published_numbers_name_their_sources():
+    published = load_published()
+    assert published.downstream.values["AdPE"]["ade20k_miou"] == 50.7
+    assert any("2303.07598" in s for s in published.downstream.sources)
+    assert any("maple-research-lab/AdPE" in s for s in published.released.sources)
+    assert len(published.released.values) == 6
 
 
 # ---------------------------------------------------------------------------------------------------------

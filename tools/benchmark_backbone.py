@@ -64,10 +64,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import bench_common as bench
-
-if bench.REPO not in sys.path:
-    sys.path.insert(0, bench.REPO)
+from adpe import bench
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import bench_common as bench
+from adpe import bench
 
 VARIANTS: dict[str, dict[str, str]] = {
     "mae_plus_ape": {},

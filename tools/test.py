@@ -12,19 +12,16 @@ import json
 import os
 import os.path as osp
 import subprocess
-import sys
 
 from mmengine.config import DictAction
 from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-import adpe.mm  # noqa: E402,F401
-from adpe.checkpoint import load_checkpoint_file  # noqa: E402
-from adpe.mm.engine import AtomicLocalBackend  # noqa: E402
-from adpe.mm.transfer import backbone_settings_of_trained  # noqa: E402
-from tools.train import build_config  # noqa: E402
+import adpe.mm  # noqa: F401  (registers the suite's modules)
+from adpe.checkpoint import load_checkpoint_file
+from adpe.mm.engine import AtomicLocalBackend
+from adpe.mm.runner import build_config
+from adpe.mm.transfer import backbone_settings_of_trained
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,9 +48,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f"checkpoint not found: {args.checkpoint}")
-    train_args = argparse.Namespace(config=args.config, work_dir=args.work_dir, resume=None, amp=False,
-                                    cfg_options=args.cfg_options, launcher=args.launcher)
-    cfg = build_config(train_args)
+    cfg = build_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, launcher=args.launcher)
     backbone = cfg.model.get("backbone", {})
     if backbone.get("type") == "AdPEViT":  # same structure as trained; weights come from the checkpoint
         backbone.update(backbone_settings_of_trained(load_checkpoint_file(args.checkpoint)))

@@ -2,6 +2,9 @@
 
 * ``AutocastOptimWrapper``: mixed precision by autocast alone. mmengine's AmpOptimWrapper asserts a GPU; bf16
   needs no loss scaler, so on CPU (and for bf16 on GPU) autocast is all AMP has to do.
+* ``AutoAmpOptimWrapper``: the mixed precision that suits the machine (what ``--amp`` and the configs ask for).
+* ``EffectiveBatchHook``: gradient accumulation that keeps a config's ``effective_batch`` on any GPU count.
+* ``build_grouped_optim_wrapper`` / ``bare_model``: what our optimiser constructors and hooks share.
 * ``AtomicLocalBackend``: local files (checkpoints, ``last_checkpoint``) are written to a temporary file and
   renamed, so a run killed while saving never leaves a truncated checkpoint behind.
 * ``RandomStateHook``: random generators saved with each checkpoint, so a resumed run draws what an
@@ -14,17 +17,22 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 import random
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+from mmengine.dist import get_world_size
 from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.hooks import Hook
-from mmengine.logging import HistoryBuffer
-from mmengine.optim import OptimWrapper
-from mmengine.registry import HOOKS, OPTIM_WRAPPERS
+from mmengine.logging import HistoryBuffer, print_log
+from mmengine.model import is_model_wrapper
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from mmengine.registry import HOOKS, OPTIM_WRAPPERS, OPTIMIZERS
+from torch import nn
 
 from adpe.checkpoint import TRAINING_CHECKPOINT_GLOBALS, atomic_write
 
@@ -50,6 +58,73 @@ class AutocastOptimWrapper(OptimWrapper):
     def optim_context(self, model):
         with super().optim_context(model), torch.autocast(self.device_type, dtype=self.cast_dtype):
             yield
+
+
+@OPTIM_WRAPPERS.register_module()
+def AutoAmpOptimWrapper(*, dtype: str | None = None, loss_scale="dynamic", **kwargs) -> OptimWrapper:  # noqa: N802
+    """Mixed precision that suits the machine: bf16 autocast without a loss scaler on CPUs and on GPUs with
+    bf16 (Ampere and newer), fp16 with mmengine's AmpOptimWrapper and its dynamic loss scale on older GPUs.
+
+    dtype: None (that choice), 'bfloat16' or 'float16' (GPU only); loss_scale: fp16's, as AmpOptimWrapper.
+    """
+    cuda = torch.cuda.is_available()
+    if dtype is None:
+        dtype = "bfloat16" if not cuda or torch.cuda.is_bf16_supported() else "float16"
+    if dtype == "float16":
+        if not cuda:
+            raise ValueError("fp16 mixed precision needs a GPU: use optim_wrapper.dtype='bfloat16' (or None) on CPU")
+        return AmpOptimWrapper(dtype="float16", loss_scale=loss_scale, **kwargs)
+    return AutocastOptimWrapper(dtype=dtype, **kwargs)
+
+
+def bare_model(model: nn.Module) -> nn.Module:
+    """``model`` without its distributed wrapper (DDP, FSDP), if any."""
+    return model.module if is_model_wrapper(model) else model
+
+
+def build_grouped_optim_wrapper(optim_wrapper_cfg: dict, param_groups: Callable[..., list[dict]]) -> OptimWrapper:
+    """The optimiser wrapper of ``optim_wrapper_cfg`` over the groups ``param_groups(lr=, weight_decay=)`` returns
+    for the config's optimiser lr and weight decay (what an optimiser-wrapper constructor does)."""
+    wrapper_cfg = copy.deepcopy(dict(optim_wrapper_cfg))
+    wrapper_cfg.setdefault("type", "OptimWrapper")
+    optimizer_cfg = wrapper_cfg.pop("optimizer")
+    groups = param_groups(lr=optimizer_cfg["lr"], weight_decay=optimizer_cfg.get("weight_decay", 0.0))
+    optimizer = OPTIMIZERS.build({**optimizer_cfg, "params": groups})
+    return OPTIM_WRAPPERS.build(wrapper_cfg, default_args={"optimizer": optimizer})
+
+
+@HOOKS.register_module()
+class EffectiveBatchHook(Hook):
+    """Sets gradient accumulation so that processes x batch_size x accumulation = the config's ``effective_batch``
+    (images per optimiser step), whatever launches the run.
+
+    Runs before training starts (``before_run``, after the optimiser wrapper is built and before mmengine counts
+    its accumulation). ``effective_batch=None`` keeps the wrapper's ``accumulative_counts`` as configured.
+    """
+
+    priority = "VERY_HIGH"
+
+    def before_run(self, runner) -> None:
+        target = runner.cfg.get("effective_batch")
+        if not target or not isinstance(runner.optim_wrapper, OptimWrapper):  # a test run builds no optimiser
+            return
+        processes, batch_size = get_world_size(), runner.train_dataloader.batch_size
+        counts = accumulation_for(target, processes, batch_size)
+        runner.optim_wrapper._accumulative_counts = counts  # read by initialize_count_status, which runs next
+        print_log(f"effective batch {target} images = {processes} processes x {batch_size} images x {counts} "
+                  "accumulation steps", logger="current")
+
+
+def accumulation_for(effective_batch: int, processes: int, batch_size: int) -> int:
+    """Accumulation steps that make processes x batch_size x steps = effective_batch, or a ValueError saying how
+    to get a divisible setting."""
+    per_step = processes * batch_size
+    if effective_batch % per_step:
+        raise ValueError(
+            f"effective_batch={effective_batch} is not a multiple of {processes} processes x batch_size {batch_size} "
+            f"= {per_step}. Change the GPU count or pass --cfg-options train_dataloader.batch_size=N (or "
+            "effective_batch=None to keep the config's optim_wrapper.accumulative_counts).")
+    return effective_batch // per_step
 
 
 class AtomicLocalBackend(LocalBackend):

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 
-import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import BaseModel, is_model_wrapper
-from mmengine.registry import (
-    DATASETS,
-    FUNCTIONS,
-    HOOKS,
-    MODELS,
-    OPTIM_WRAPPER_CONSTRUCTORS,
-    OPTIM_WRAPPERS,
-    OPTIMIZERS,
-)
+from mmengine.model import BaseModel
+from mmengine.optim import OptimWrapper
+from mmengine.registry import DATASETS, FUNCTIONS, HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from torch import Tensor
 
 from adpe.checkpoint import load_checkpoint_file, load_strictly, pretrainer_from_checkpoint
 from adpe.data import ImageFolderDataset, MultiCropTransform, multicrop_collate
 from adpe.mae import MaskedAutoencoder
+from adpe.mm.engine import bare_model, build_grouped_optim_wrapper
 from adpe.optim import pretrain_param_groups
 
 
@@ -93,17 +87,10 @@ class AdPEOptimWrapperConstructor:
             raise ValueError(f"AdPEOptimWrapperConstructor: unknown paramwise_cfg keys {sorted(unknown)}; "
                              "only 'adv_lr' is accepted")
 
-    def __call__(self, model) -> torch.nn.Module:
-        model = model.module if is_model_wrapper(model) else model
-        wrapper_cfg = copy.deepcopy(self.optim_wrapper_cfg)
-        wrapper_cfg.setdefault("type", "OptimWrapper")
-        optimizer_cfg = wrapper_cfg.pop("optimizer")
-        groups = pretrain_param_groups(
-            model.mae, lr=optimizer_cfg["lr"], weight_decay=optimizer_cfg.get("weight_decay", 0.0),
-            adv_lr=self.paramwise_cfg.get("adv_lr"),
-        )
-        optimizer = OPTIMIZERS.build({**optimizer_cfg, "params": groups})
-        return OPTIM_WRAPPERS.build(wrapper_cfg, default_args={"optimizer": optimizer})
+    def __call__(self, model) -> OptimWrapper:
+        mae = bare_model(model).mae
+        return build_grouped_optim_wrapper(
+            self.optim_wrapper_cfg, partial(pretrain_param_groups, mae, adv_lr=self.paramwise_cfg.get("adv_lr")))
 
 
 @HOOKS.register_module()
@@ -117,8 +104,7 @@ class AdversaryHook(Hook):
     priority = "NORMAL"
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        adversary = model.mae.adversary
+        adversary = bare_model(runner.model).mae.adversary
         if adversary is None or not runner.optim_wrapper.should_update():
             return
         adversary.project_()

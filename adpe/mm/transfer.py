@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 
+from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import BaseModule, is_model_wrapper
-from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
+from mmengine.model import BaseModule
+from mmengine.optim import OptimWrapper
+from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 from adpe.backbone import ViTBackbone
 from adpe.checkpoint import (
@@ -16,6 +18,7 @@ from adpe.checkpoint import (
     load_checkpoint_file,
     to_backbone_state,
 )
+from adpe.mm.engine import bare_model, build_grouped_optim_wrapper
 from adpe.optim import layer_decay_param_groups
 
 
@@ -51,7 +54,7 @@ class AdPEViT(ViTBackbone, BaseModule):
 
     def __init__(self, rel_pos: str = "auto", rpe_lookup: str = "auto", init_cfg: dict | None = None, **kwargs):
         self._checkpoint_path = pretrained_path(init_cfg)
-        if "auto" in (rel_pos, rpe_lookup):  # tools/train.py resolves 'auto' before building, saving this read
+        if "auto" in (rel_pos, rpe_lookup):  # the one place 'auto' is resolved (ResolvedBackboneHook records it)
             ckpt = load_checkpoint_file(self._checkpoint_path) if self._checkpoint_path else None
             rel_pos, rpe_lookup = resolve_auto(rel_pos, rpe_lookup, ckpt)
         ViTBackbone.__init__(self, rel_pos=rel_pos, rpe_lookup=rpe_lookup, **kwargs)
@@ -87,37 +90,38 @@ class AdPELayerDecayConstructor:
                              f"{sorted(paramwise_cfg)}")
         self.decay_rate = float(paramwise_cfg["layer_decay_rate"])
 
-    def __call__(self, model):
-        model = model.module if is_model_wrapper(model) else model
+    def __call__(self, model) -> OptimWrapper:
+        model = bare_model(model)
         backbone = getattr(model, "backbone", None)
         if backbone is None or not hasattr(backbone, "layer_depth"):
             raise TypeError(f"{type(model).__name__}.backbone must provide layer_depth()/no_weight_decay() "
                             "(use type='AdPEViT') for layer-wise lr decay")
-        wrapper_cfg = copy.deepcopy(self.optim_wrapper_cfg)
-        wrapper_cfg.setdefault("type", "OptimWrapper")
-        optimizer_cfg = wrapper_cfg.pop("optimizer")
-        groups = layer_decay_param_groups(model, backbone, lr=optimizer_cfg["lr"],
-                                          weight_decay=optimizer_cfg.get("weight_decay", 0.0),
-                                          decay_rate=self.decay_rate)
-        for group in groups:
-            group.pop("param_names")
-        optimizer = OPTIMIZERS.build({**optimizer_cfg, "params": groups})
-        return OPTIM_WRAPPERS.build(wrapper_cfg, default_args={"optimizer": optimizer})
+
+        def groups(lr: float, weight_decay: float) -> list[dict]:
+            found = layer_decay_param_groups(model, backbone, lr=lr, weight_decay=weight_decay,
+                                             decay_rate=self.decay_rate)
+            return [{k: v for k, v in group.items() if k != "param_names"} for group in found]
+
+        return build_grouped_optim_wrapper(self.optim_wrapper_cfg, groups)
 
 
-def resolve_auto_backbone(cfg) -> None:
-    """Write the concrete ``rel_pos`` / ``rpe_lookup`` of an AdPEViT backbone into ``cfg`` (in place).
+@HOOKS.register_module()
+class ResolvedBackboneHook(Hook):
+    """Writes the settings the AdPEViT backbone resolved ('auto' ``rel_pos`` / ``rpe_lookup``, from its pretrained
+    checkpoint) into the run's config: the work dir's copy and the ``meta['cfg']`` of every checkpoint, so a
+    trained model is rebuilt with the structure it was trained with."""
 
-    'auto' follows the pretrained checkpoint; resolving it before training puts the concrete choice in the
-    work dir's config and in every checkpoint's meta, which ``tools/test.py`` reads back.
-    """
-    backbone = cfg.get("model", {}).get("backbone", {})
-    rel_pos, rpe_lookup = backbone.get("rel_pos", "auto"), backbone.get("rpe_lookup", "auto")
-    if backbone.get("type") != "AdPEViT" or "auto" not in (rel_pos, rpe_lookup):
-        return
-    path = pretrained_path(backbone.get("init_cfg"))
-    backbone["rel_pos"], backbone["rpe_lookup"] = resolve_auto(
-        rel_pos, rpe_lookup, load_checkpoint_file(path) if path else None)
+    priority = "VERY_HIGH"
+
+    def before_run(self, runner) -> None:
+        backbone = getattr(bare_model(runner.model), "backbone", None)
+        backbone_cfg = runner.cfg.get("model", {}).get("backbone")
+        if not isinstance(backbone, AdPEViT) or backbone_cfg is None:
+            return
+        resolved = {"rel_pos": backbone.rel_pos, "rpe_lookup": backbone.rpe_lookup}
+        if any(backbone_cfg.get(k) != v for k, v in resolved.items()):
+            backbone_cfg.update(resolved)
+            runner.dump_config()
 
 
 def backbone_settings_of_trained(ckpt: dict) -> dict[str, str]:

@@ -9,6 +9,8 @@ _base_ = [
     'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py',
 ]
 custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
+# Records the backbone's resolved 'auto' settings in the saved config and checkpoints.
+custom_hooks = [dict(type='ResolvedBackboneHook')]
 
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
@@ -35,7 +37,7 @@ model = dict(
 
 optim_wrapper = dict(
     _delete_=True,
-    type='AmpOptimWrapper',  # tools/train.py swaps in bf16 autocast on CPU
+    type='AutoAmpOptimWrapper',  # bf16 autocast on CPUs and bf16 GPUs, fp16 + dynamic loss scale on older GPUs
     optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='AdPELayerDecayConstructor',
     paramwise_cfg=dict(layer_decay_rate=0.65),

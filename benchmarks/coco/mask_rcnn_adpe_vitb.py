@@ -8,6 +8,8 @@
 # relative position bias.
 _base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py', 'mmdet::common/lsj-100e_coco-instance.py']
 custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
+# Records the backbone's resolved 'auto' settings in the saved config and checkpoints.
+custom_hooks = [dict(type='ResolvedBackboneHook')]
 
 image_size = (1024, 1024)
 norm_cfg = dict(type='AdPELN2d', requires_grad=True)
@@ -50,7 +52,7 @@ test_dataloader = val_dataloader
 
 optim_wrapper = dict(
     _delete_=True,
-    type='AmpOptimWrapper',  # tools/train.py swaps in bf16 autocast on CPU
+    type='AutoAmpOptimWrapper',  # bf16 autocast on CPUs and bf16 GPUs, fp16 + dynamic loss scale on older GPUs
     constructor='AdPELayerDecayConstructor',
     paramwise_cfg=dict(layer_decay_rate=0.7),
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),

@@ -5,9 +5,10 @@
 # In RPE models the attention adds q . r with the scaled query, as the release's pretraining model does.
 # model.pretrained=PATH starts from a pretraining checkpoint (ours or an MAE / AdPE release), loaded strictly.
 #
-# effective_batch counts *images* per optimiser step over all GPUs and accumulation steps. tools/train.py
-# sets optim_wrapper.accumulative_counts = effective_batch / (GPUs x batch_size), so the recipe holds on
-# any number of GPUs; set effective_batch = None to take the config's accumulative_counts as they are.
+# effective_batch counts *images* per optimiser step over all GPUs and accumulation steps. EffectiveBatchHook
+# sets the optimiser wrapper's accumulative_counts = effective_batch / (GPUs x batch_size) before training,
+# however the run is launched, so the recipe holds on any number of GPUs; effective_batch = None keeps the
+# config's optim_wrapper.accumulative_counts as they are.
 data_root = 'data/imagenet'
 effective_batch = 4096
 batch_size = 64  # images per GPU per iteration (x num_crops crops through the model)
@@ -64,7 +65,7 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
-custom_hooks = [dict(type='AdversaryHook'), dict(type='RandomStateHook')]
+custom_hooks = [dict(type='EffectiveBatchHook'), dict(type='AdversaryHook'), dict(type='RandomStateHook')]
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))
 visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])

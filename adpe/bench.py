@@ -1,4 +1,4 @@
-"""Shared machinery of the benchmark scripts in this folder (``benchmark_pretrain.py``, ``benchmark_backbone.py``).
+"""Shared machinery of the benchmark scripts ``tools/benchmark_pretrain.py`` and ``tools/benchmark_backbone.py``.
 
 Each benchmark runs every measured pair in its own subprocess: the driver re-invokes its own script with a
 hidden ``--worker`` flag, the worker prints one JSON line marked with ``RESULT_PREFIX`` on stdout, and the
@@ -10,8 +10,8 @@ driver parses it (so that each pair's peak memory is its own). This module holds
 * driver helpers: launching a worker and parsing its result, the load-average warning, table and target
   printing, and the JSON report.
 
-The scripts import it as a sibling module (``import bench_common as bench``): running
-``python tools/benchmark_x.py`` puts ``tools/`` first on ``sys.path``, in the driver and in every worker.
+The scripts import it as ``from adpe import bench``; it imports torch only inside the worker helpers, so
+a driver starts fast.
 """
 
 from __future__ import annotations

@@ -1,0 +1,308 @@
+"""Writing a report: results.csv, results.json, report.md and PNG plots.
+
+Plots use matplotlib's Agg backend, imported only when a plot is drawn. Every plot gives a variant the
+same colour (C0, C1, ... by its position in the rows) and shows a status, never a zero, for absent values.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from adpe.report.records import FINAL_LOSS_WINDOW, METRICS, PRETRAIN_LOSS, VALUE_METRICS, Row, load_published
+from adpe.report.tabulate import CSV_COLUMNS, format_value, json_row, resolve_baseline, status_of, table_rows
+
+# The published downstream columns: (key in published.json, column header).
+PUBLISHED_COLUMNS = (
+    ("ade20k_miou", "ADE20K UperNet mIoU"),
+    ("coco_ap_box", "COCO Mask R-CNN AP box"),
+    ("coco_ap_mask", "COCO Mask R-CNN AP mask"),
+    ("imagenet_top1_1600ep", "ImageNet fine-tune top-1 (1600 ep)"),
+)
+# report.md's plot sections: plot name -> title, in order.
+PLOT_TITLES = {"pretrain_loss": "Pretraining loss", "adv_norm": "Adversarial perturbation norm",
+               "ade20k_miou": "ADE20K validation mIoU", "coco_ap": "COCO validation AP",
+               "final_metrics": "Final metrics"}
+Panel = tuple[str, list[tuple[str, list[tuple[float, float]]]]]  # (panel title, [(legend label, series), ...])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------------------
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _line_plot(path: Path, title: str, ylabel: str, panels: list[Panel], xlabel: str = "iteration") -> Path | None:
+    """One figure with a panel per entry of ``panels``, saved to ``path``; None (no file) if nothing to plot."""
+    if not any(series for _, lines in panels for _, series in lines if series):
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    for ax, (panel_title, lines) in zip(axes[0], panels, strict=True):
+        for i, (label, series) in enumerate(lines):
+            if series:  # the colour follows the variant's position, the same in every plot
+                steps, values = zip(*series, strict=True)
+                ax.plot(steps, values, marker="o" if len(series) < 20 else None, markersize=3, label=label,
+                        color=f"C{i % 10}")
+        ax.set_title(panel_title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _bar_plot(path: Path, rows: list[Row]) -> Path | None:
+    """Grouped bars of the final transfer metrics (a group per metric, a bar per row); None without rows."""
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.2 * len(rows) * len(METRICS)), 4.5))
+    width = 0.8 / len(rows)
+    top = max([row.values.get(m.key) or 0.0 for row in rows for m in METRICS] + [1.0])
+    for i, row in enumerate(rows):
+        xs = [m + (i - (len(rows) - 1) / 2) * width for m in range(len(METRICS))]
+        heights = [row.values.get(m.key) for m in METRICS]
+        color = f"C{i % 10}"
+        ax.bar([x for x, h in zip(xs, heights, strict=True) if h is not None],
+               [h for h in heights if h is not None], width, color=color)
+        for x, h, metric in zip(xs, heights, METRICS, strict=True):
+            if h is None:  # a status, never a zero-height bar
+                ax.text(x, 0.02 * top, status_of(row, metric), rotation=90, ha="center", va="bottom", fontsize=8,
+                        color="dimgray")
+            else:
+                ax.text(x, h, format_value(h, metric.decimals), ha="center", va="bottom", fontsize=7, color=color)
+    ax.set_xticks(range(len(METRICS)), [m.label for m in METRICS])
+    ax.set_ylim(0, top * 1.2)
+    ax.set_ylabel("mIoU / AP (%)")
+    ax.set_title("Final transfer metrics (test_results.json)")
+    from matplotlib.patches import Patch
+
+    # explicit handles: a variant without any bar still gets its own colour in the legend
+    ax.legend(handles=[Patch(color=f"C{i % 10}", label=row.label) for i, row in enumerate(rows)], fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_plots(rows: list[Row], out_dir: Path) -> dict[str, Path]:
+    """The PNG plots that have data, by name (PLOT_TITLES' keys), written into ``out_dir``."""
+    def lines(stage: str, key: str, scale: float = 1.0) -> list[tuple[str, list[tuple[float, float]]]]:
+        return [(row.label, [(s, v * scale) for s, v in row.stages[stage].series.get(key, [])]) for row in rows]
+
+    val_x = "step as logged (iteration; epoch for epoch-based validation)"
+    plots = {
+        "pretrain_loss": _line_plot(out_dir / "pretrain_loss.png", "Pretraining loss", "loss",
+                                    [("", lines("pretrain", "loss"))]),
+        "adv_norm": _line_plot(out_dir / "adv_norm.png", "Adversarial perturbation norm", "adv_norm",
+                               [("", lines("pretrain", "adv_norm"))]),
+        "ade20k_miou": _line_plot(out_dir / "ade20k_miou.png", "ADE20K validation", "mIoU (%)",
+                                  [("", lines("ade20k", "mIoU"))], val_x),
+        # mmdet logs mAP as a fraction: x 100, as in the tables
+        "coco_ap": _line_plot(out_dir / "coco_ap.png", "COCO validation", "AP (%)",
+                              [("box AP", lines("coco", "coco/bbox_mAP", 100)),
+                               ("mask AP", lines("coco", "coco/segm_mAP", 100))], val_x),
+        "final_metrics": _bar_plot(out_dir / "final_metrics.png", rows),
+    }
+    return {name: path for name, path in plots.items() if path is not None}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------------------
+def _md_cell(text: Any) -> str:
+    """A table cell: "|" escaped, one line, "-" when empty."""
+    return str(text).replace("|", "\\|").replace("\n", " ") if text not in (None, "") else "-"
+
+
+def _md_table(header: list[str], body: list[list[Any]]) -> list[str]:
+    """The lines of a markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in cells) + " |" for cells in body]
+    return lines
+
+
+def _rel(path: str | None, out_dir: Path) -> str:
+    """``path`` relative to the report folder (links that survive moving the run), "-" for none."""
+    if not path:
+        return "-"
+    try:
+        return os.path.relpath(path, out_dir)
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def _results_table(rows: list[Row], cells: list[dict[str, str]]) -> list[str]:
+    """The main table: a value and a delta column per VALUE_METRICS metric."""
+    header = ["Variant", "Label", "Pretraining"] + [h for m in VALUE_METRICS for h in (m.label, f"Δ {m.short}")]
+    body = []
+    for row, cell in zip(rows, cells, strict=True):
+        values = {m.key: [cell[m.key], cell[f"{m.key}_delta"]] for m in VALUE_METRICS}
+        if row.values[PRETRAIN_LOSS.key] is not None and cell["pretrain_status"] != "finished":
+            values[PRETRAIN_LOSS.key][0] += f" ({cell['pretrain_status']})"  # a loss, but of an unfinished run
+        name = f"**{cell['name']}** (baseline)" if cell["baseline"] else cell["name"]
+        body.append([name, cell["label"], cell["pretrain_variant"], *(c for m in VALUE_METRICS for c in values[m.key])])
+    return _md_table(header, body)
+
+
+def _published_section() -> list[str]:
+    """The published numbers, with the note that demo numbers are not comparable and each table's sources."""
+    pub = load_published()
+    lines = ["## Published reference numbers (AdPE paper, ViT-B)", "",
+             f"> {pub.note}", "",
+             f"Source: {'; '.join(pub.downstream.sources)}.", ""]
+    lines += _md_table(["Method", *(header for _, header in PUBLISHED_COLUMNS)],
+                       [[method, *(values[key] for key, _ in PUBLISHED_COLUMNS)]
+                        for method, values in pub.downstream.values.items()])
+    lines += ["", "Released 400-epoch ViT-B checkpoints, ImageNet fine-tune top-1:", "",
+              f"Source: {'; '.join(pub.released.sources)}.", ""]
+    lines += _md_table(["Checkpoint", "Top-1 (%)"], [[k, v] for k, v in pub.released.values.items()])
+    return lines
+
+
+def _plots_section(plots: dict[str, Path], out_dir: Path) -> list[str]:
+    """A subsection per PLOT_TITLES entry: the image, or why it was not plotted."""
+    lines = ["## Plots", ""]
+    for key, title in PLOT_TITLES.items():
+        if key in plots:
+            lines += [f"### {title}", "", f"![{title}]({_rel(str(plots[key]), out_dir)})", ""]
+        else:
+            reason = "no adversarial variant" if key == "adv_norm" else "no data"
+            lines += [f"### {title}", "", f"_Not plotted: {reason}._", ""]
+    return lines
+
+
+def _run_section(row: Row, out_dir: Path) -> list[str]:
+    """Provenance of one row: work dir, commit, configs (links to the dumped ones), checkpoints, metrics."""
+    pre = row.pretrain
+    lines = [f"### {row.name} ({row.label})", "", f"- work dir: `{row.dir}`",
+             f"- commit: `{row.commit or 'unknown'}`",
+             f"- pretraining: {row.pretrain_variant} -- **{pre.status}**"]
+    if pre.status != "none":
+        loss = "-" if pre.loss is None else format_value(pre.loss, PRETRAIN_LOSS.decimals)
+        dumped = _rel(pre.dumped_config, out_dir)
+        lines += [f"  - config: `{row.pretrain_config or '-'}`; dumped config: [{dumped}]({dumped})",
+                  f"  - max_epochs: {pre.max_epochs if pre.max_epochs is not None else '-'}; "
+                  f"checkpoint: `{pre.checkpoint or '-'}`",
+                  f"  - final loss (mean of the last {FINAL_LOSS_WINDOW} logged): {loss}"]
+        if pre.model:
+            model = ", ".join(f"{k}={v!r}" for k, v in pre.model.items())
+            lines.append(f"  - model: `dict({model})`")
+    for info, title in ((row.ade20k, "ADE20K"), (row.coco, "COCO")):
+        lines.append(f"- {title}: **{info.status}**")
+        if info.status == "finished":
+            metrics = ", ".join(f"{k}={v:g}" for k, v in info.metrics.items())
+            lines += [f"  - config: `{info.config or '-'}`; checkpoint: `{info.checkpoint or '-'}`",
+                      f"  - commit: `{info.commit or '-'}`; tested: {info.time or '-'}; "
+                      f"world size: {info.world_size if info.world_size is not None else '-'}",
+                      f"  - metrics: {metrics}"]
+        if info.dumped_config:
+            dumped = _rel(info.dumped_config, out_dir)
+            lines.append(f"  - dumped config: [{dumped}]({dumped})")
+    return lines + [""]
+
+
+def render_markdown(rows: list[Row], cells: list[dict[str, str]], base: Row | None, plots: dict[str, Path],
+                    env: dict, env_source: str, out_dir: Path) -> str:
+    """report.md: results table, published numbers, plots, per-run provenance and the environment."""
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    lines = ["# AdPE results report", "",
+             f"Generated {now} from {len(rows)} variant(s); baseline for the deltas: "
+             f"**{base.name if base else '-'}**.", "",
+             f"> **Not comparable to published numbers.** {load_published().note}", "",
+             "## Results", ""]
+    lines += _results_table(rows, cells)
+    lines += ["",
+              "mIoU in %, two decimals; AP = COCO mAP x 100, one decimal; all from each stage's test_results.json. "
+              f"Final pretrain loss: mean of the last {FINAL_LOSS_WINDOW} logged training losses. Deltas: row minus "
+              "baseline, from the values as shown.",
+              "*missing*: no work dir for the stage (or the metric was not reported); *unfinished*: a work dir "
+              "without test_results.json, or pretraining without the checkpoint of its last epoch; *none*: the "
+              "variant has no pretraining (e.g. random init).", ""]
+    lines += _published_section()
+    lines += [""] + _plots_section(plots, out_dir)
+    lines += ["## Runs (configs and commits)", ""]
+    for row in rows:
+        lines += _run_section(row, out_dir)
+    lines += ["## Environment", "", f"Source: {env_source}.", ""]
+    lines += _md_table(["Key", "Value"], [[k, v] for k, v in env.items()])
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------------------
+def _environment(rows: list[Row], env: dict | None) -> tuple[dict, str]:
+    """The environment to report and where it comes from: given, the run's env.json, or collected now."""
+    if env is not None:
+        return env, "given"
+    for row in rows:
+        if row.env:
+            return row.env, "env.json of the run"
+    from adpe.env import collect_env  # imports torch and probes OpenMMLab: only when the run has no env.json
+
+    return collect_env(), "collected by tools/report.py at report time (no env.json in the run)"
+
+
+def write_report(rows: list[Row], out_dir: str | Path, baseline: str | None = None,
+                 env: dict | None = None) -> dict[str, Path]:
+    """Write results.csv, results.json, report.md and the plots into ``out_dir``; return their paths by name.
+
+    Keys: "csv", "json", "md" and the written plots' names. ``baseline`` names the row for the deltas
+    (default: the one run.json marks, else the first); ``env`` replaces the run's env.json.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = resolve_baseline(rows, baseline)
+    cells = table_rows(rows, baseline)
+    paths: dict[str, Path] = {}
+
+    paths["csv"] = out_dir / "results.csv"
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(cells)
+
+    plots = write_plots(rows, out_dir)
+    env, env_source = _environment(rows, env)
+
+    paths["json"] = out_dir / "results.json"
+    document = {
+        "generated": datetime.datetime.now().isoformat(timespec="seconds"),
+        "baseline": base.name if base else None,
+        "columns": list(CSV_COLUMNS),
+        "rows": [json_row(row, cell) for row, cell in zip(rows, cells, strict=True)],
+        "published": load_published().summary(),
+        "environment": env,
+        "environment_source": env_source,
+        "plots": {name: path.name for name, path in plots.items()},
+    }
+    paths["json"].write_text(json.dumps(document, indent=2, default=str) + "\n")
+
+    paths["md"] = out_dir / "report.md"
+    paths["md"].write_text(render_markdown(rows, cells, base, plots, env, env_source, out_dir))
+    paths.update(plots)
+    return paths
