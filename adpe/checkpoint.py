@@ -15,6 +15,7 @@ Supported sources (docs/method.md, "Checkpoints"):
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import re
@@ -377,8 +378,6 @@ def export_backbone(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     ``torch.load(weights_only=True)`` and is written all or nothing. Returns what was written. Raises
     CheckpointMismatchError when no ViT blocks are left after the conversion.
     """
-    import io  # only for the in-memory serialisation here
-
     ckpt = load_checkpoint_file(src)
     state, dropped = to_backbone_state(ckpt)
     if not any(k.startswith("blocks.") for k in state):

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adpe.report.records import RunInfo
+from adpe.report.records import RUN_FILE, RunInfo
 
 # The checkout: every stage runs a script of tools/ from here, with relative paths as in the YAML configs.
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def write_run_files(cfg: PipelineConfig) -> None:
     for variant in cfg.variants:
         vdir = cfg.work_dir / variant.name
         vdir.mkdir(parents=True, exist_ok=True)
-        variant.write(vdir / "run.json")
+        variant.write(vdir / RUN_FILE)
     from adpe.env import collect_env  # imports torch and probes OpenMMLab: only when the pipeline runs
 
     (cfg.work_dir / "env.json").write_text(json.dumps(collect_env(), indent=2))

@@ -3,8 +3,8 @@
 Reference: Wu et al., "Rethinking and Improving Relative Position Encoding for Vision Transformer" (ICCV 2021).
 The attention logit of query i and key j gains ``q_i . r_{b(i, j)}``, where r is a (head_dim, num_buckets)
 table and b the bucket of the offset (query - key) on the patch grid; whether q is scaled first is the
-attention's choice (``adpe.vit.Attention(rpe_query_scale=...)``). Conventions follow the AdPE release exactly (docs/method.md),
-so released tables load unchanged:
+attention's choice (``adpe.vit.Attention(rpe_query_scale=...)``). Conventions follow the AdPE release
+exactly (docs/method.md), so released tables load unchanged:
 
 * offsets are (d_row, d_col) = position of the query minus position of the key;
 * magnitude ``m(|x|) = |x|`` if ``|x| <= alpha`` else ``alpha + ln(|x|/alpha) / ln(gamma/alpha) * (beta - alpha)``;

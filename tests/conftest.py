@@ -1,14 +1,10 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tools/ and the package, also when not installed
 
 
 def smooth_images(folder: Path, count: int, size: int = 128, seed: int = 0) -> Path:

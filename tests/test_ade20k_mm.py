@@ -123,6 +123,25 @@ def test_release_rpe_coordinate_checkpoint_loads_with_auto_settings(tmp_path):
     assert {k for k in dropped if "shift" in k} == {k for k in state if "shift" in k}
 
 
+def test_resolved_backbone_settings_reach_the_saved_config():
+    """'auto' is resolved by the backbone alone; ResolvedBackboneHook writes the result into the run's config,
+    which the work dir's copy and every checkpoint's meta are made from."""
+    from types import SimpleNamespace
+
+    from adpe.mm.transfer import ResolvedBackboneHook
+
+    cfg = Config.fromfile(ROOT / "benchmarks/ade20k/upernet_adpe_vit_tiny_demo.py")
+    assert {"type": "ResolvedBackboneHook"} in cfg.custom_hooks
+    cfg.model.backbone.img_size = (112, 112)
+    cfg.model.backbone.init_cfg.checkpoint = str(FIXTURES / "official_adpe_rpe_tiny.pth")
+    assert (cfg.model.backbone.rel_pos, cfg.model.backbone.rpe_lookup) == ("auto", "auto")
+    dumped = []
+    runner = SimpleNamespace(model=MODELS.build(cfg.model), cfg=cfg, dump_config=lambda: dumped.append(cfg.pretty_text))
+    ResolvedBackboneHook().before_run(runner)
+    assert (cfg.model.backbone.rel_pos, cfg.model.backbone.rpe_lookup) == ("irpe", "discrete")
+    assert len(dumped) == 1 and "rel_pos='irpe'" in dumped[0]
+
+
 def test_converted_checkpoint_is_tensors_only_and_loads_strictly(tmp_path):
     dst = tmp_path / "backbone.pth"
     adpe.checkpoint.export_backbone(FIXTURES / "official_adpe_rpe_tiny.pth", dst)
@@ -156,6 +175,7 @@ def test_bad_checkpoints_fail_with_clear_messages(tmp_path):
 def test_every_ade20k_config_builds(path):
     cfg = Config.fromfile(path)
     assert cfg.model.backbone.type == "AdPEViT"
+    assert cfg.custom_imports == dict(imports=["adpe.mm"], allow_failed_imports=False)  # any launcher
     assert cfg.train_dataloader.dataset.type == "ADE20KDataset"
     model = MODELS.build(cfg.model)
     assert model.decode_head.num_classes == 150

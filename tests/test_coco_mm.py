@@ -90,6 +90,7 @@ def test_simple_fpn_levels_and_norm_choice(norm_cfg):
 def test_every_coco_config_builds(path):
     cfg = Config.fromfile(path)
     model = MODELS.build(cfg.model)
+    assert cfg.custom_imports == dict(imports=["adpe.mm"], allow_failed_imports=False)  # any launcher
     assert cfg.model.backbone.mode == "det" and model.neck.num_outs == 5
     if path.name == "mask_rcnn_adpe_vitb.py":
         assert cfg.train_cfg.max_iters == 184375 and cfg.train_dataloader.batch_size * 8 == 64

@@ -27,6 +27,7 @@ PRETRAIN_CONFIGS = sorted(p for p in (ROOT / "pretrain").rglob("*.py") if not p.
 def test_every_pretrain_config_builds(path):
     cfg = Config.fromfile(path)
     assert cfg.model.type == "AdPEPretrainer" and cfg.optim_wrapper.optimizer.betas == (0.9, 0.95)
+    assert cfg.custom_imports == dict(imports=["adpe.mm"], allow_failed_imports=False)  # any launcher
     with torch.device("meta"):  # full-size models without allocating their weights
         model = MODELS.build(cfg.model)
     adversarial = cfg.model.get("adversary") is not None
@@ -157,3 +158,23 @@ def test_adversary_hook_projects_only_after_a_parameter_update():
         AdversaryHook().after_train_iter(runner, 0)
         assert (delta.norm().item() <= 1.0 + 1e-6) is expect_update
     assert logged_scalars["train/adv_norm"] == pytest.approx(1.0)
+
+
+def test_pretraining_starts_from_a_release_checkpoint():
+    """model.pretrained: a release MAE+ RPE checkpoint loads strictly into the tiny MAE+ RPE config, and into the
+    AdPE RPE-coordinate config, whose adversary it lacks and which starts at zero."""
+    release = load_checkpoint_file(ROOT / "tests/fixtures/official_adpe_pretrain_mae_plus_rpe_tiny.pth")["model"]
+    path = str(ROOT / "tests/fixtures/official_adpe_pretrain_mae_plus_rpe_tiny.pth")
+    for config, adversarial in (("mae_plus_vit_tiny_rpe.py", False), ("adpe_vit_tiny_rpe_coord.py", True)):
+        cfg = Config.fromfile(ROOT / "pretrain/demo" / config)
+        model = MODELS.build({**cfg.model, "pretrained": path})
+        model.init_weights()
+        state = model.mae.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in release.items())
+        assert (model.mae.adversary is not None) == adversarial
+        if adversarial:
+            assert all(not d.any() for d in model.mae.adversary.parameters())
+    cfg = Config.fromfile(ROOT / "pretrain/demo/mae_plus_vit_tiny_ape.py")  # an APE model: the tables do not fit
+    model = MODELS.build({**cfg.model, "pretrained": path})
+    with pytest.raises(ValueError, match="unexpected: blocks.0.attn.rpe_k.lookup_table_weight"):
+        model.init_weights()

@@ -15,6 +15,7 @@ from adpe.mae import MaskedAutoencoder
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RELEASE_RPE = FIXTURES / "official_adpe_pretrain_mae_plus_rpe_tiny.pth"
 EXPECTED = FIXTURES / "official_adpe_pretrain_expected_tiny.pt"
+VARIANTS = FIXTURES / "official_adpe_pretrain_variants_expected_tiny.pt"
 
 
 def release_checkpoint() -> dict:
@@ -54,6 +55,36 @@ def test_release_pretraining_forward_and_gradients_match_the_released_model():
     for name, grad in case["grads"].items():
         ours = params[name].grad
         assert (ours - grad).norm() <= 1e-3 * grad.norm(), name
+
+
+@pytest.mark.parametrize("variant", ["mae_plus_ape", "ape_embedding", "ape_coordinate", "mae_plus_rpe",
+                                     "rpe_embedding", "rpe_coordinate"])
+def test_all_six_release_variants_reproduce_the_released_model(tmp_path, variant):
+    """Release checkpoints of every variant (the fixture's weights with nonzero adversarial tensors) load into
+    our pretraining model, which reproduces the released model's loss, prediction and the gradients of the
+    tokens and of every adversarial parameter."""
+    expected = torch.load(VARIANTS, weights_only=True)
+    case = expected["cases"][variant]
+    weights = dict(release_checkpoint()["model"])
+    if case["args"]["pe_type"] == 0:
+        weights = {k: v for k, v in weights.items() if "rpe_k" not in k}
+    if variant == "ape_embedding":  # the adversarial token takes the mask token's place
+        del weights["mask_token"]
+    model = load_pretrainer(save_release(tmp_path, {**weights, **case["adv"]}, **case["args"]))
+    out = model(expected["x"], mask=expected["mask"])
+    assert abs(out["loss"].item() - case["loss"].item()) <= 1e-5
+    assert (out["pred"] - case["pred"]).abs().max() <= 1e-4
+    out["loss"].backward()
+    ours = {"cls_token": model.cls_token.grad, "mask_token": getattr(model.mask_token, "grad", None)}
+    ours |= {f"blocks.{i}.attn.rpe_k.adv_{kind}": d.grad for kind in ("token", "shift")
+             for i, d in enumerate(getattr(model.adversary, "encoder", []))}
+    ours |= {f"decoder_blocks.{i}.attn.rpe_k.adv_{kind}": d.grad for kind in ("token", "shift")
+             for i, d in enumerate(getattr(model.adversary, "decoder", []))}
+    if model.adversary is not None and model.position == "ape":
+        ours["adv_token"] = model.adversary.position.grad
+    for name, grad in case["grads"].items():
+        # RPE-embedding deltas get only rounding noise (~1e-10) in both codes: absolute floor
+        assert (ours[name].flatten() - grad.flatten()).norm() <= 1e-3 * grad.norm() + 1e-8, name
 
 
 def test_pretrainer_scales_the_query_of_the_relative_term_and_the_backbone_need_not():

@@ -1,5 +1,5 @@
-"""adpe.report and tools/report.py on generated work dirs, and tools/visualize_reconstruction.py on a fake
-checkpoint."""
+"""adpe.report and tools/report.py on generated work dirs; adpe.reconstruction and
+tools/visualize_reconstruction.py on a fake checkpoint."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
+from adpe import reconstruction as recon
 from adpe import report
+from adpe.checkpoint import load_pretrainer
 from adpe.mae import MaskedAutoencoder
 from adpe.report.records import RunInfo, load_published
-from tools import visualize_reconstruction as vis
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -355,7 +356,7 @@ def test_reconstruct_keeps_visible_patches_exactly():
     torch.manual_seed(0)
     model = MaskedAutoencoder("tiny", img_size=112)
     imgs = torch.randn(2, 3, 112, 112)
-    result = vis.reconstruct(model, imgs, seed=3)
+    result = recon.reconstruct(model, imgs, seed=3)
     assert model.training  # mode restored
     assert result["pred"].shape == (2, 49, 16 * 16 * 3) and result["mask"].shape == (2, 49)
     assert result["pasted"].shape == result["reconstruction"].shape == result["masked"].shape == (2, 3, 112, 112)
@@ -368,11 +369,11 @@ def test_reconstruct_keeps_visible_patches_exactly():
     mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
     assert torch.allclose(result["pred_pixels"], result["pred"] * (var + 1e-6) ** 0.5 + mean)
     # the masked input is mid-grey where masked, the original where visible
-    masked = vis.denormalize(result["masked"])
+    masked = recon.denormalize(result["masked"])
     assert torch.allclose(model.patchify(masked)[~visible], torch.full_like(pasted[~visible], 0.5), atol=1e-6)
     assert torch.equal(model.patchify(result["masked"])[visible], target[visible])
     # same seed, same mask
-    assert torch.equal(vis.reconstruct(model, imgs, seed=3)["mask"], result["mask"])
+    assert torch.equal(recon.reconstruct(model, imgs, seed=3)["mask"], result["mask"])
 
 
 @pytest.mark.mm
@@ -385,24 +386,27 @@ def test_visualize_reconstruction_cli(tmp_path, capsys):
     torch.save(ckpt, path)
     images = _images(tmp_path / "images")
 
-    out = vis.main([str(path), "--images", str(images), "--num", "4", "--out", str(tmp_path / "recon.png")])
-    assert capsys.readouterr().out.strip() == str(out)
+    out = tmp_path / "recon.png"
+    run = subprocess.run([sys.executable, str(ROOT / "tools/visualize_reconstruction.py"), str(path), "--images",
+                          str(images), "--num", "4", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(out)
     assert_png(out)
     with Image.open(out) as img:
         assert img.height > 300 and img.width > 600  # 2 rows x 4 columns
 
-    loaded, model_cfg = vis.load_model(path)
-    assert model_cfg["type"] == "AdPEPretrainer"
+    loaded = load_pretrainer(path)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    imgs = vis.load_images(images, vis.input_size(loaded), 4)
+    imgs = recon.load_images(images, recon.input_size(loaded), 4)
     assert imgs.shape == (2, 3, 112, 112)
-    result = vis.reconstruct(loaded, imgs, seed=0)
+    result = recon.reconstruct(loaded, imgs, seed=0)
     visible = result["mask"] == 0
     assert torch.equal(loaded.patchify(result["pasted"])[visible], loaded.patchify(imgs)[visible])
     assert result["pred"].shape == (2, 49, 768)
 
     bad = tmp_path / "bad.pth"
     torch.save({"state_dict": {}}, bad)
-    with pytest.raises(SystemExit, match="meta.cfg"):
-        vis.main([str(bad), "--images", str(images)])
+    run = subprocess.run([sys.executable, str(ROOT / "tools/visualize_reconstruction.py"), str(bad), "--images",
+                          str(images)], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 1 and "not a pretraining checkpoint" in run.stderr

@@ -19,6 +19,7 @@ from adpe.report.records import (
     FINAL_LOSS_WINDOW,
     METRICS,
     PRETRAIN_LOSS,
+    RUN_FILE,
     STAGES,
     PretrainStage,
     Row,
@@ -29,7 +30,6 @@ from adpe.report.records import (
 )
 
 TIMESTAMP_DIR = re.compile(r"^\d{8}_\d{6}$")
-RUN_FILE = "run.json"
 
 
 def is_variant_dir(path: Path) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 
 STAGES = ("pretrain", "ade20k", "coco")
 FINAL_LOSS_WINDOW = 5  # the final pretraining loss is the mean of this many last logged losses
+RUN_FILE = "run.json"  # a variant dir's RunInfo
 
 
 @dataclass(frozen=True)
