@@ -23,6 +23,8 @@ LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 @dataclass(frozen=True)
 class ViTSize:
+    """Dimensions of a ViT and of its MAE decoder (the decoder fields matter for pretraining only)."""
+
     patch_size: int
     embed_dim: int
     depth: int
