@@ -21,14 +21,72 @@ from timm.layers import PatchEmbed
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from adpe.checkpoint import STRUCTURE_KEY, CheckpointMismatchError
 from adpe.pos_embed import resample_pos_embed, sincos_2d_table
 from adpe.rel_bias import DecomposedRelPos, RelPosBias
-from adpe.rpe import check_lookup_kind, grid_lookup
+from adpe.rpe import LOOKUP_KINDS, check_lookup_kind, grid_lookup
 from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_, vit_size
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
+
+
+# ---------------------------------------------------------------- the structure recorded in the weights
+REL_POS_KINDS = ("none", "bias", "irpe")
+
+
+def encode_structure(rel_pos: str, rpe_lookup: str, rpe_query_scale: bool) -> Tensor:
+    """The int64 tensor (3,) that a backbone keeps as its ``structure_code`` buffer, so that every state dict of a
+    trained model says which relative-position structure its weights were trained with."""
+    return torch.tensor([REL_POS_KINDS.index(rel_pos), LOOKUP_KINDS.index(rpe_lookup), int(rpe_query_scale)])
+
+
+def decode_structure(code: Tensor) -> dict:
+    """{'rel_pos', 'rpe_lookup', 'rpe_query_scale'} of a ``structure_code`` tensor."""
+    values = [int(v) for v in code.reshape(-1).tolist()]
+    if len(values) != 3 or not (0 <= values[0] < len(REL_POS_KINDS) and 0 <= values[1] < len(LOOKUP_KINDS)):
+        raise CheckpointMismatchError(f"{STRUCTURE_KEY} {values} is not (rel_pos, rpe_lookup, rpe_query_scale)")
+    return {"rel_pos": REL_POS_KINDS[values[0]], "rpe_lookup": LOOKUP_KINDS[values[1]],
+            "rpe_query_scale": bool(values[2])}
+
+
+def structure_differences(saved: dict, model: dict) -> list[str]:
+    """Settings of ``saved`` that ``model`` does not share; lookup and query scale matter only for iRPE models."""
+    keys = ("rel_pos", "rpe_lookup", "rpe_query_scale") if saved["rel_pos"] == "irpe" else ("rel_pos",)
+    return [k for k in keys if saved[k] != model[k]]
+
+
+def _settings(values: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in values.items())
+
+
+def check_loaded_structure(module: ViTBackbone, state_dict: dict, prefix: str, *_) -> None:
+    """Load-state-dict pre-hook of ViTBackbone: refuse weights trained with another relative-position structure.
+
+    It raises instead of reporting an error message because mmengine's (and so mmseg's ``init_model``, the
+    inferencers' and the runner's) checkpoint loading is non-strict and would only log it: iRPE tables would be
+    dropped, or a continuous-lookup model run with the discrete lookup, silently. A state dict without the code
+    (pretraining checkpoints, older fine-tuned ones) is accepted with the backbone's own code, unless it carries
+    iRPE tables that a non-iRPE backbone would drop.
+    """
+    key, ours = prefix + STRUCTURE_KEY, module.structure()
+    if key not in state_dict:
+        tables = [k for k in state_dict if k.startswith(prefix + "blocks.") and ".attn.rpe_k." in k]
+        if tables and ours["rel_pos"] != "irpe":
+            raise CheckpointMismatchError(
+                f"the weights hold iRPE tables ({tables[0]}, ...) but the backbone has {_settings(ours)}, which would "
+                "drop them: set model.backbone.rel_pos='irpe' (and the rpe_lookup it was trained with)")
+        state_dict[key] = module.structure_code.clone()  # unknown structure: accepted
+        return
+    saved = decode_structure(state_dict[key])
+    differences = structure_differences(saved, ours)
+    if differences:
+        fix = " ".join(f"model.backbone.{k}={saved[k]!r}" for k in differences)
+        raise CheckpointMismatchError(
+            f"the weights were trained with {_settings(saved)}, but this backbone has {_settings(ours)}. Build the "
+            "model from the run's saved config (WORK_DIR/CONFIG_NAME.py, or the checkpoint's meta['cfg']), or set "
+            f"--cfg-options {fix}")
 
 
 class ViTBackbone(nn.Module):
@@ -76,6 +134,9 @@ class ViTBackbone(nn.Module):
         dims = vit_size(size, **size_overrides)
         self.dims, self.mode, self.rel_pos, self.rpe_lookup = dims, mode, rel_pos, rpe_lookup
         self.rpe_query_scale = bool(rpe_query_scale)
+        # Recorded in every state dict, checked by check_loaded_structure whatever loader is used.
+        self.register_buffer(STRUCTURE_KEY, encode_structure(rel_pos, rpe_lookup, self.rpe_query_scale))
+        self.register_load_state_dict_pre_hook(check_loaded_structure)
         self.embed_dim, self.patch_size = dims.embed_dim, dims.patch_size
         img_size = _pair(img_size)
         self.grid = (img_size[0] // dims.patch_size, img_size[1] // dims.patch_size)
@@ -110,6 +171,10 @@ class ViTBackbone(nn.Module):
         return Block(dims.embed_dim, dims.num_heads, mlp_ratio, drop_path=drop_path,
                      rpe=self.rel_pos == "irpe", rpe_query_scale=self.rpe_query_scale, rel_bias=rel_bias,
                      window_size=window_size if windowed else 0)
+
+    def structure(self) -> dict:
+        """The relative-position settings that the weights depend on (recorded in ``structure_code``)."""
+        return {"rel_pos": self.rel_pos, "rpe_lookup": self.rpe_lookup, "rpe_query_scale": self.rpe_query_scale}
 
     # ---------------------------------------------------------------- capabilities for optimisers
     @property

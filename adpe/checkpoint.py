@@ -5,24 +5,34 @@ their ``args`` (an ``argparse.Namespace``) and numpy values: those classes are a
 ``adpe.mm`` adds what mmengine's training checkpoints need (its log ``HistoryBuffer``), globally, so that
 mmengine's own resume works on torch >= 2.6 as well.
 
-Supported sources (docs/method.md, "Checkpoints"):
-  ours     mmengine checkpoint {'state_dict': {'mae.blocks.0...'}, 'meta': {'cfg': config text, ...}}
-  release  official MAE / AdPE {'model': {'blocks.0...', 'decoder_*', 'mask_token', ['adv_token'], ...},
-           'args': argparse.Namespace}
-  export   tensors-only backbone {'state_dict': {...}, 'meta': {'position', 'rpe_lookup', ...}}
+Supported layouts (docs/method.md, "Checkpoints"):
+  ours        mmengine checkpoint {'state_dict': {'mae.blocks.0...'}, 'meta': {'cfg': config text, ...}}
+  release     official MAE / AdPE {'model': {'blocks.0...', 'decoder_*', 'mask_token', ['adv_token'], ...},
+              'args': argparse.Namespace}
+  export      tensors-only backbone {'state_dict': {...}, 'meta': {'position', 'rpe_lookup', ...}}
+  timm        a VisionTransformer state dict {'blocks.0...', 'norm', 'fc_norm', 'head', ...} (MAE's names)
+  mmpretrain  MAE / ViT {'state_dict': {'backbone.layers.0.ln1...', 'neck.decoder_*', ...}, 'meta': {...}}
+Files are local paths or URLs (http(s) built in, mmengine's other file backends once ``adpe.mm`` is
+imported), fetched once into a cache; ``.safetensors`` files load as flat state dicts.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import logging
 import os
 import re
+import sys
 import tempfile
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 
 from adpe.config_text import config_model
@@ -69,25 +79,136 @@ def _numpy_globals() -> list:
 TRAINING_CHECKPOINT_GLOBALS: list = [argparse.Namespace, *_numpy_globals()]
 
 
-def load_checkpoint_file(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint file with ``weights_only=True`` and the training-checkpoint allow-list.
+# ---------------------------------------------------------------------------------------------------------
+# Sources: a local path, or a URL fetched once into the cache and then read like a local file.
+# ---------------------------------------------------------------------------------------------------------
 
-    Raises FileNotFoundError naming the path, and a ValueError explaining what to do for a file that needs
-    classes outside the allow-list (e.g. a checkpoint pickled with custom objects). Training checkpoints of
-    this suite load once ``adpe.mm`` is imported.
+URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")  # 'https://...', 's3://...'; not a drive letter
+Fetcher = Callable[[str, Path], None]
+
+
+class CheckpointSourceError(OSError):
+    """A checkpoint URL could not be fetched: no fetcher for its scheme, or the transfer failed."""
+
+
+def _fetch_http(url: str, dst: Path) -> None:
+    # torch.hub writes to 'dst.<uuid>.partial' beside dst, renames it when complete and removes it on failure.
+    torch.hub.download_url_to_file(url, str(dst), progress=sys.stderr.isatty())
+
+
+# URL scheme -> fetch(url, dst), which writes the object at ``url`` to the local file ``dst``, all or nothing.
+# http(s) is built in (pure torch); ``import adpe.mm`` adds mmengine's other file backends (s3, petrel, ...).
+FETCHERS: dict[str, Fetcher] = {"http": _fetch_http, "https": _fetch_http}
+
+
+def register_fetcher(scheme: str, fetch: Fetcher) -> None:
+    """Make ``scheme://`` checkpoint URLs loadable: ``fetch(url, dst)`` writes the object to ``dst`` atomically."""
+    FETCHERS[scheme.lower()] = fetch
+
+
+def url_scheme(source: str | os.PathLike) -> str | None:
+    """The lower-case scheme of a URL ('https', 's3', ...), None for a local path. Pass URLs as str:
+    ``Path('https://a/b')`` collapses the '//'."""
+    found = URL_SCHEME.match(os.fspath(source))
+    return found[1].lower() if found else None
+
+
+def checkpoint_cache_dir() -> Path:
+    """Where fetched checkpoints live: ``$ADPE_CACHE/checkpoints``, default ``~/.cache/adpe/checkpoints`` (the
+    cache folder that ``make setup`` keeps its mmcv wheel in)."""
+    return Path(os.environ.get("ADPE_CACHE") or Path.home() / ".cache" / "adpe") / "checkpoints"
+
+
+def cached_checkpoint_path(url: str) -> Path:
+    """The cache file of ``url``: '<16 hex digits of the URL's sha256>-<its file name>'. The hash keeps different
+    URLs apart; the file name keeps the suffix, which selects the format (.safetensors)."""
+    name = os.path.basename(urllib.parse.urlsplit(url).path) or "checkpoint"
+    return checkpoint_cache_dir() / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
+
+
+def _fetch(url: str, scheme: str, dst: Path) -> None:
+    fetch = FETCHERS.get(scheme)
+    if fetch is None:
+        raise CheckpointSourceError(
+            f"no fetcher for {scheme}:// URLs ({url}). Built in: http, https; `import adpe.mm` adds mmengine's "
+            f"file backends (s3, petrel, ...); register another with adpe.checkpoint.register_fetcher({scheme!r}, "
+            "fetch), or download the file and pass its local path")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("fetching checkpoint %s into %s", url, dst)
+    try:
+        fetch(url, dst)
+    except Exception as err:  # urllib's URLError / HTTPError, a backend's own errors: one message naming the URL
+        raise CheckpointSourceError(
+            f"could not fetch checkpoint {url}: {err}\nCheck the URL, the network (or the storage backend's "
+            "credentials), or download the file yourself and pass its local path") from err
+    if not dst.is_file():
+        raise CheckpointSourceError(f"the {scheme}:// fetcher wrote nothing for {url}")
+
+
+def _is_local_leader() -> bool:
+    """True for the process that fetches: local rank 0 of each node, or any process without a process group."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return True
+    return int(os.environ.get("LOCAL_RANK", torch.distributed.get_rank())) == 0
+
+
+def fetch_checkpoint(source: str | os.PathLike) -> Path:
+    """The local file of checkpoint ``source``: a local path as it is, a URL's copy in the cache (fetched once).
+
+    Under torch.distributed every rank must call this for a URL (it holds a barrier): local rank 0 of each node
+    fetches (so nodes without a shared disk each get a copy), the others wait, then read the cached file.
+    Without a process group each process fetches for itself; the atomic rename makes that safe. Raises
+    FileNotFoundError for a missing local file, CheckpointSourceError naming the URL when a URL cannot be
+    fetched; a failed fetch leaves no file in the cache.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    scheme = url_scheme(source)
+    if scheme is None:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return path
+    url = os.fspath(source)
+    cached = cached_checkpoint_path(url)
+    failure = None
+    if _is_local_leader() and not cached.is_file():
+        try:
+            _fetch(url, scheme, cached)
+        except Exception as err:  # re-raised after the barrier, so that the other ranks are not left waiting
+            failure = err
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if failure is not None:
+        raise failure
+    if not cached.is_file():  # a rank whose cache the leader does not share (another $ADPE_CACHE or $HOME)
+        _fetch(url, scheme, cached)
+    return cached
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint (a local path or a URL, see ``fetch_checkpoint``) with ``weights_only=True`` and the
+    training-checkpoint allow-list; a ``.safetensors`` file gives its flat {name: tensor} state dict.
+
+    Raises FileNotFoundError naming the path, CheckpointSourceError naming a URL that cannot be fetched, and
+    a ValueError explaining what to do for a file that needs classes outside the allow-list (e.g. a checkpoint
+    pickled with custom objects). Training checkpoints of this suite load once ``adpe.mm`` is imported.
+    ``map_location``: torch.load's; a device for .safetensors.
+    """
+    local = fetch_checkpoint(path)
+    shown = local if url_scheme(path) is None else f"{os.fspath(path)} (cached as {local})"
+    if local.suffix == ".safetensors":
+        try:
+            return safetensors.torch.load_file(local, device=str(torch.device(map_location)))
+        except safetensors.SafetensorError as err:
+            raise ValueError(f"could not read {shown} as a safetensors file: {err}") from err
     try:
         # Only what is not allow-listed already: leaving the context removes its entries again.
         registered = torch.serialization.get_safe_globals()
         extra = [g for g in TRAINING_CHECKPOINT_GLOBALS if g not in registered]
         with torch.serialization.safe_globals(extra):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(local, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError or RuntimeError here, by version
         raise ValueError(
-            f"could not load {path} with weights_only=True: {err}\n"
+            f"could not load {shown} with weights_only=True: {err}\n"
             "Only tensors, plain containers and the allow-listed classes in "
             "adpe.checkpoint.TRAINING_CHECKPOINT_GLOBALS are accepted. Re-save the file as a plain "
             "state dict (e.g. tools/convert_checkpoint.py) if it comes from elsewhere."
@@ -95,15 +216,30 @@ def load_checkpoint_file(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Key rules. Our pretraining model uses the release's names for every network tensor; only the adversarial
-# tensors differ (RELEASE_ADVERSARY) and the transfer backbone drops what pretraining alone uses
-# (DROPPED_ON_PURPOSE).
+# Key rules. Our pretraining model uses the release's names for every network tensor (MAE's, which timm's
+# VisionTransformer shares); only the adversarial tensors differ (RELEASE_ADVERSARY). The transfer backbone
+# renames other layouts' tensors to those names (RENAMED), drops what pretraining or classification alone uses
+# (DROPPED_ON_PURPOSE) and refuses what it cannot compute (UNSUPPORTED). Order: strip, rename, drop.
 # ---------------------------------------------------------------------------------------------------------
 
 PREFIXES_TO_STRIP = ("module.", "mae.", "backbone.")
+# mmpretrain's MAE / ViT backbone (backbone.layers.N.{ln1, attn.qkv, attn.proj, ln2, ffn.layers.0.0,
+# ffn.layers.1}, patch_embed.projection, final norm ln1, pooled-feature norm ln2) -> MAE's names.
+RENAMED = (
+    (re.compile(r"^patch_embed\.projection\."), "patch_embed.proj."),
+    (re.compile(r"^layers\.(\d+)\.ln([12])\."), r"blocks.\1.norm\2."),
+    (re.compile(r"^layers\.(\d+)\.ffn\.layers\.0\.0\."), r"blocks.\1.mlp.fc1."),
+    (re.compile(r"^layers\.(\d+)\.ffn\.layers\.1\."), r"blocks.\1.mlp.fc2."),
+    (re.compile(r"^layers\.(\d+)\.attn\."), r"blocks.\1.attn."),
+    (re.compile(r"^ln1\."), "norm."),
+    (re.compile(r"^ln2\."), "fc_norm."),
+)
 DROPPED_ON_PURPOSE = (
     (re.compile(r"^decoder[._]"), "pretraining decoder"),
+    (re.compile(r"^neck\.(decoder_|mask_token$|ln1\.)"), "pretraining decoder (mmpretrain's MAE neck)"),
     (re.compile(r"^mask_token$"), "pretraining mask token"),
+    (re.compile(r"^(head|attn_pool)\."), "classification head (dense transfer trains its own heads)"),
+    (re.compile(r"^fc_norm\."), "norm of the pooled classification feature (timm fc_norm, mmpretrain ln2)"),
     (re.compile(r"^adversary\."), "adversarial positions (pretraining only)"),
     (re.compile(r"(^|\.)adv_(token|shift)$"), "adversarial positions of the official release (pretraining only)"),
     (re.compile(r"\.rpe_k\.no_shift$"), "the release's constant zero shift of unperturbed RPE lookups"),
@@ -118,7 +254,19 @@ RELEASE_ADVERSARY = (
      lambda m: f"adversary.decoder.{m[1]}"),
 )
 RELEASE_CONSTANTS = re.compile(r"\.rpe_k\.no_shift$")  # zeros (requires_grad=False), kept in the state dict
+# Tensors of ViT features that the backbone does not compute: loading them would silently change the network.
+UNSUPPORTED = (
+    (re.compile(r"^reg_token$"), "register tokens (timm reg_tokens)"),
+    (re.compile(r"^(norm_pre|pre_norm)\."), "a norm before the blocks (timm norm_pre, mmpretrain pre_norm: CLIP)"),
+    (re.compile(r"\.(ls[12]\.gamma|gamma[12]\.weight)$"), "layer scale (timm init_values, mmpretrain gamma1/2)"),
+    (re.compile(r"\.attn\.[qk]_norm\."), "query / key norms (timm qk_norm)"),
+)
 
+
+
+# The transfer backbone's record of its relative-position structure (adpe.backbone): trained weights carry it,
+# pretraining checkpoints do not (the backbone then accepts them with its own).
+STRUCTURE_KEY = "structure_code"
 
 
 class CheckpointMismatchError(ValueError):
@@ -168,16 +316,38 @@ def checkpoint_variant(ckpt: dict) -> dict[str, str]:
     return {"position": position, "rpe_lookup": lookup or "discrete"}
 
 
+def backbone_key(raw_key: str) -> str:
+    """``raw_key`` of any supported layout under MAE's name: prefixes stripped, the first matching RENAMED rule
+    applied (e.g. 'backbone.layers.0.ffn.layers.0.0.weight' -> 'blocks.0.mlp.fc1.weight')."""
+    key = strip_prefixes(raw_key)
+    for pattern, replacement in RENAMED:
+        renamed, count = pattern.subn(replacement, key, count=1)
+        if count:
+            return renamed
+    return key
+
+
 def to_backbone_state(ckpt: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Backbone-named weights of a pretraining checkpoint, and {dropped key: reason}."""
-    state, dropped = {}, {}
+    """Backbone-named weights of a pretraining checkpoint (any supported layout), and {dropped key: reason}.
+
+    Raises CheckpointMismatchError for tensors of features the backbone does not compute (UNSUPPORTED).
+    """
+    state, dropped, unsupported = {}, {}, {}
     for raw_key, value in checkpoint_state(ckpt).items():
-        key = strip_prefixes(raw_key)
+        key = backbone_key(raw_key)
         reason = next((why for pattern, why in DROPPED_ON_PURPOSE if pattern.search(key)), None)
-        if reason:
+        feature = next((what for pattern, what in UNSUPPORTED if pattern.search(key)), None)
+        if feature:
+            unsupported.setdefault(feature, []).append(raw_key)
+        elif reason:
             dropped[raw_key] = reason
         else:
             state[key] = value
+    if unsupported:
+        raise CheckpointMismatchError(
+            "the checkpoint's ViT has features the transfer backbone does not compute: "
+            + "; ".join(f"{what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                        for what, keys in unsupported.items()))
     return state, dropped
 
 
@@ -208,7 +378,7 @@ def fit_to_backbone(state: dict, backbone: torch.nn.Module) -> tuple[dict, dict[
         if side * side + 1 != old.shape[1]:
             raise CheckpointMismatchError(f"pos_embed {tuple(old.shape)} is not a square grid plus a cls slot")
         state["pos_embed"] = resample_pos_embed(old.float(), (side, side), backbone.grid)
-    optional = {k for k in target if ".rel_bias." in k}
+    optional = {k for k in target if ".rel_bias." in k} | {STRUCTURE_KEY}
     problems = state_mismatch(state, target, optional)
     if problems:
         hint = ""
@@ -373,8 +543,9 @@ def load_strictly(model: torch.nn.Module, state: dict, source: str, optional: se
 def export_backbone(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     """Write the tensors-only backbone file of a pretraining checkpoint (ours, or an MAE / AdPE release).
 
-    ``dst`` holds {'state_dict': backbone weights (contiguous, on the CPU), 'meta': {'source': absolute
-    ``src``, 'position', 'rpe_lookup', 'dropped': sorted keys dropped on purpose}}, loads with
+    ``src``: a local path or URL (``load_checkpoint_file``), in any layout ``to_backbone_state`` reads. ``dst``
+    holds {'state_dict': backbone weights (contiguous, on the CPU), 'meta': {'source': absolute ``src`` or the
+    URL, 'position', 'rpe_lookup', 'dropped': sorted keys dropped on purpose}}, loads with
     ``torch.load(weights_only=True)`` and is written all or nothing. Returns what was written. Raises
     CheckpointMismatchError when no ViT blocks are left after the conversion.
     """
@@ -384,7 +555,8 @@ def export_backbone(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
         raise CheckpointMismatchError(f"{src}: no ViT blocks found after conversion (keys: {sorted(state)[:5]}...)")
     out = {
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()},
-        "meta": {"source": os.path.abspath(src), **checkpoint_variant(ckpt), "dropped": sorted(dropped)},
+        "meta": {"source": os.fspath(src) if url_scheme(src) else os.path.abspath(src), **checkpoint_variant(ckpt),
+                 "dropped": sorted(dropped)},
     }
     buffer = io.BytesIO()
     torch.save(out, buffer)

@@ -1,11 +1,17 @@
 """End-to-end pipeline: pretrain -> export -> ADE20K train/test -> COCO train/test -> report.
 
 python tools/pipeline.py --config tools/demo_pipeline.yaml [--dry-run] [--only VARIANT ...] [--stages ...]
+                          [--launcher slurm --partition P [--gpus-per-node 8] [--sbatch-args "..."]]
 
-The YAML config names the work dir, the data folders, the GPU count and the variants (see
-tools/demo_pipeline.yaml and tools/pipeline_vitb.yaml). Each stage writes a ``.done`` marker when it
-succeeds; a re-run skips finished stages, and an interrupted stage resumes from its newest checkpoint
-(the configs set ``resume = True``). ``--dry-run`` prints every command instead of running it.
+The YAML config names the work dir, the data folders, the GPU count (one for every stage, or one per stage:
+``gpus: {pretrain: 32, ade20k: 8, coco: 8}``) and the variants (see tools/demo_pipeline.yaml and
+tools/pipeline_vitb.yaml). Each stage writes a ``.done`` marker when it succeeds; a re-run skips finished
+stages, and an interrupted stage resumes from its newest checkpoint (the configs set ``resume = True``).
+``--dry-run`` prints every command instead of running it.
+
+By default the stages run here, one after the other. ``--launcher slurm`` submits each stage as an ``sbatch``
+job instead (the training and test stages through tools/slurm_*.sh), each waiting for the stages it reads
+(``--dependency=afterok``): the variants run side by side, and the report is the last job, after all others.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from adpe.report.records import RUN_FILE, RunInfo
@@ -33,10 +39,11 @@ PROGRESS_MARKERS = ("- INFO - Epoch(train)", "- INFO - Iter(train)", "- INFO - I
 @dataclass
 class PipelineConfig:
     """A pipeline YAML file. ``variants`` are what each variant dir's run.json will hold; ``ade20k`` / ``coco``
-    are {config, cfg_options} (empty: the task is skipped)."""
+    are {config, cfg_options} (empty: the task is skipped); ``gpus``: one count for every stage, or a count per
+    stage (see ``gpus_for``)."""
 
     work_dir: Path
-    gpus: int
+    gpus: int | dict[str, int]
     data: dict
     variants: list[RunInfo]
     ade20k: dict = field(default_factory=dict)
@@ -52,10 +59,23 @@ class PipelineConfig:
         try:
             variants = [RunInfo(v["name"], v.get("label", v["name"]), v.get("pretrain"), bool(v.get("baseline")))
                         for v in raw["variants"]]
-            return cls(Path(raw["work_dir"]), int(raw.get("gpus", 1)), raw["data"], variants,
+            gpus = raw.get("gpus", 1)
+            gpus = {str(k): int(v) for k, v in gpus.items()} if isinstance(gpus, dict) else int(gpus)
+            return cls(Path(raw["work_dir"]), gpus, raw["data"], variants,
                        raw.get("ade20k", {}), raw.get("coco", {}), bool(raw.get("amp", False)))
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise SystemExit(f"{path}: malformed pipeline config ({err!r}); see tools/demo_pipeline.yaml") from err
+
+    def gpus_for(self, stage: str) -> int:
+        """GPUs (processes) of a training or test stage: ``gpus`` itself when it is a number; else its entry for
+        the stage, a test stage falling back to its training stage's (``coco_test`` -> ``coco``)."""
+        if isinstance(self.gpus, int):
+            return self.gpus
+        for key in (stage, stage.removesuffix("_test")):
+            if key in self.gpus:
+                return self.gpus[key]
+        raise SystemExit(f"[pipeline] gpus has no entry for the {stage!r} stage: give one per stage, e.g. "
+                         "gpus: {pretrain: 32, ade20k: 8, coco: 8}")
 
 
 @dataclass(frozen=True)
@@ -114,10 +134,11 @@ def transfer_steps(cfg: PipelineConfig, variant: RunInfo, task: str, backbone: P
     options += list(spec.get("cfg_options", []))
     init = [f"model.backbone.init_cfg.checkpoint={backbone}"] if backbone else ["model.backbone.init_cfg=None"]
     amp = ["--amp"] if cfg.amp else []
-    train = Step(task, variant.name, ["bash", "tools/dist_train.sh", spec["config"], str(cfg.gpus),
+    train = Step(task, variant.name, ["bash", "tools/dist_train.sh", spec["config"], str(cfg.gpus_for(task)),
                                       "--work-dir", str(work), *amp, "--cfg-options", *init, *options], work)
     test = Step(f"{task}_test", variant.name, ["bash", "tools/dist_test.sh", spec["config"],
-                                               LatestCheckpoint(work), str(cfg.gpus), "--work-dir", str(work),
+                                               LatestCheckpoint(work), str(cfg.gpus_for(f"{task}_test")),
+                                               "--work-dir", str(work),
                                                "--cfg-options", *options], work)
     return [train, test]
 
@@ -136,7 +157,8 @@ def plan(cfg: PipelineConfig) -> list[Step]:
             pre = vdir / "pretrain"
             amp = ["--amp"] if cfg.amp else []
             steps.append(Step("pretrain", variant.name, [
-                "bash", "tools/pretrain.sh", variant.pretrain_config, str(cfg.gpus), "--work-dir", str(pre), *amp,
+                "bash", "tools/pretrain.sh", variant.pretrain_config, str(cfg.gpus_for("pretrain")),
+                "--work-dir", str(pre), *amp,
                 "--cfg-options", f"train_dataloader.dataset.data_root={cfg.data['imagenet']}"], pre))
             backbone = vdir / "backbone.pth"
             steps.append(Step("export", variant.name, [py, "tools/convert_checkpoint.py", LatestCheckpoint(pre),
@@ -151,12 +173,17 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     return steps
 
 
-def write_run_files(cfg: PipelineConfig) -> None:
-    """Each variant dir's run.json, and the run's env.json (what the report reads besides the work dirs)."""
+def write_run_files(cfg: PipelineConfig, env: bool = True) -> None:
+    """Each variant dir's run.json, and the run's env.json (what the report reads besides the work dirs).
+
+    env=False: no env.json (a Slurm submission runs on a login node, not where the stages run; the report job
+    then describes the node it runs on)."""
     for variant in cfg.variants:
         vdir = cfg.work_dir / variant.name
         vdir.mkdir(parents=True, exist_ok=True)
         variant.write(vdir / RUN_FILE)
+    if not env:
+        return
     from adpe.env import collect_env  # imports torch and probes OpenMMLab: only when the pipeline runs
 
     (cfg.work_dir / "env.json").write_text(json.dumps(collect_env(), indent=2))
@@ -187,6 +214,108 @@ def run_step(step: Step, index: int, total: int, started: float) -> None:
     step.marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
 
 
+# What a stage reads from earlier stages (of its own variant, or the shared data stage): a Slurm job waits for
+# these when they are submitted with it. The report waits for every other job.
+PREDECESSORS = {"pretrain": ("data",), "export": ("pretrain",), "reconstruction": ("pretrain",),
+                "ade20k": ("data", "export"), "ade20k_test": ("ade20k",),
+                "coco": ("data", "export"), "coco_test": ("coco",)}
+# Our torchrun launchers -> their Slurm twins, and how many positional arguments come before GPUS in the
+# torchrun launcher's command line (dist_test.sh CONFIG CHECKPOINT GPUS ...; the others CONFIG GPUS ...).
+SLURM_LAUNCHERS = {"tools/pretrain.sh": ("tools/slurm_pretrain.sh", 1),
+                   "tools/dist_train.sh": ("tools/slurm_train.sh", 1),
+                   "tools/dist_test.sh": ("tools/slurm_test.sh", 2)}
+
+
+def predecessors(step: Step, steps: list[Step]) -> list[Step]:
+    """The steps of ``steps`` that ``step`` reads from (``PREDECESSORS``); for the report, all others."""
+    if step.stage == "report":
+        return [s for s in steps if s is not step]
+    wanted = PREDECESSORS.get(step.stage, ())
+    return [s for s in steps if s.stage in wanted and s.variant in (step.variant, None)]
+
+
+@dataclass(frozen=True)
+class Slurm:
+    """How stages become jobs: ``sbatch`` on ``partition``, nodes of ``gpus_per_node`` GPUs, and any extra
+    ``sbatch_args`` (a time limit, an account, ...)."""
+
+    partition: str
+    gpus_per_node: int = 8
+    sbatch_args: tuple[str, ...] = ()
+
+    def job(self, step: Step, name: str) -> tuple[Step, list[str]]:
+        """``step`` as its job runs it, and the job's resources.
+
+        Training and test stages go through tools/slurm_*.sh with GPUS / GPUS_PER_NODE / CPUS_PER_TASK set, and
+        the job allocates what their ``srun`` asks for (one task per GPU); other stages are one process.
+        """
+        cpus = 10 if step.stage == "pretrain" else 5  # the launchers' defaults (pretraining: multi-crop loading)
+        if step.command[0] != "bash" or step.command[1] not in SLURM_LAUNCHERS:
+            return step, ["--nodes=1", "--ntasks=1", "--gres=gpu:1", f"--cpus-per-task={cpus}"]
+        script, before = SLURM_LAUNCHERS[step.command[1]]
+        args = step.command[2:]
+        gpus = int(args[before])
+        per_node = min(gpus, self.gpus_per_node)
+        if gpus % per_node:
+            raise SystemExit(f"[pipeline] {step.variant} {step.stage}: {gpus} GPUs do not fill nodes of "
+                             f"{self.gpus_per_node} (--gpus-per-node); use a multiple of it")
+        command = ["env", f"GPUS={gpus}", f"GPUS_PER_NODE={per_node}", f"CPUS_PER_TASK={cpus}", "bash", script,
+                   self.partition, name, *args[:before], *args[before + 1:]]
+        resources = [f"--nodes={gpus // per_node}", f"--ntasks={gpus}", f"--ntasks-per-node={per_node}",
+                     f"--gres=gpu:{per_node}", f"--cpus-per-task={cpus}"]
+        return replace(step, command=command), resources
+
+    def sbatch(self, step: Step, name: str, after: list[str]) -> list[str]:
+        """The ``sbatch`` command line of ``step``, waiting for the jobs ``after``.
+
+        The job writes the stage's ``.done`` marker when its command succeeds, as a local run does. Jobs whose
+        dependency can no longer be met (an earlier stage failed) are cancelled rather than left pending, so the
+        report, which waits for all of them to end (``afterany``), still runs and marks what is missing.
+        """
+        job_step, resources = self.job(step, name)
+        kind = "afterany" if step.stage == "report" else "afterok"
+        dependency = [f"--dependency={kind}:{':'.join(after)}"] if after else []
+        return ["sbatch", "--parsable", f"--partition={self.partition}", f"--job-name={name}", f"--chdir={ROOT}",
+                f"--output={step.work_dir / f'{step.stage}-%j.log'}", "--kill-on-invalid-dep=yes", *resources,
+                *self.sbatch_args, *dependency,
+                f"--wrap={job_step.shell()} && date +%Y-%m-%dT%H:%M:%S > {shlex.quote(str(step.marker))}"]
+
+
+def sbatch_line(argv: list[str]) -> str:
+    """``argv`` as a shell line, leaving the dependency's ``$J1`` placeholders unquoted (they are expanded)."""
+    return " ".join(arg if arg.startswith("--dependency=") else shlex.quote(arg) for arg in argv)
+
+
+def submit(steps: list[Step], slurm: Slurm, work_dir: Path, dry_run: bool) -> None:
+    """Submit every unfinished step as a Slurm job after the jobs of the steps it reads from (finished steps are
+    skipped and waited for by no one). A dry run prints a shell script instead: ``J1=$(sbatch ...)``, later
+    jobs naming ``$J1`` as the dependency."""
+    jobs: dict[int, str] = {}  # id(step) -> its job id (a dry run: its placeholder)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # jobs inherit it
+    for step in steps:
+        who = f"{step.variant} " if step.variant else ""
+        if step.stage != "report" and step.marker.exists():
+            print(f"# {who}{step.stage}: done before, skipped")
+            continue
+        after = [jobs[id(s)] for s in predecessors(step, steps) if id(s) in jobs]
+        argv = slurm.sbatch(step, ".".join(filter(None, (work_dir.name, step.variant, step.stage))), after)
+        if dry_run:
+            jobs[id(step)] = f"$J{len(jobs) + 1}"
+            print(f"J{len(jobs)}=$({sbatch_line(argv)})")
+            continue
+        step.work_dir.mkdir(parents=True, exist_ok=True)  # sbatch writes the job's log there
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"[pipeline] sbatch failed for {who}{step.stage} (exit {done.returncode}): "
+                             f"{done.stderr.strip()}\n  $ {sbatch_line(argv)}")
+        jobs[id(step)] = done.stdout.strip().split(";")[0]  # --parsable prints JOBID[;CLUSTER]
+        print(f"[pipeline] {who}{step.stage}: job {jobs[id(step)]}" + (f" after {', '.join(after)}" if after else ""))
+    if not dry_run:
+        print(f"[pipeline] submitted {len(jobs)} jobs ({' '.join(jobs.values())}); logs: STAGE-JOBID.log in each "
+              f"stage's work dir; report: {work_dir / 'report' / 'report.md'}. Re-submit the same command after a "
+              "failure: finished stages are skipped, unfinished ones resume.")
+
+
 def main(argv=None) -> None:
     """The command line of tools/pipeline.py (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,11 +323,25 @@ def main(argv=None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants (and the report)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages")
+    parser.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                        help="local: every stage here, in series; slurm: each stage an sbatch job")
+    parser.add_argument("--partition", help="Slurm partition (--launcher slurm)")
+    parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of a Slurm node (default 8)")
+    parser.add_argument("--sbatch-args", default="",
+                        help='more sbatch options, one string: --sbatch-args="--time=3-00:00:00 --account=A"')
     args = parser.parse_args(argv)
+    if args.launcher == "slurm" and not args.partition:
+        parser.error("--launcher slurm needs --partition")
     cfg = PipelineConfig.load(args.config)
     steps = [s for s in plan(cfg)
              if (not args.only or s.variant is None or s.variant in args.only)
              and (not args.stages or s.stage in args.stages)]
+    if args.launcher == "slurm":
+        if not args.dry_run:
+            write_run_files(cfg, env=False)
+        submit(steps, Slurm(args.partition, args.gpus_per_node, tuple(shlex.split(args.sbatch_args))), cfg.work_dir,
+               args.dry_run)
+        return
     if args.dry_run:
         for step in steps:
             print(step.shell())

@@ -112,3 +112,122 @@ def test_run_files_are_what_the_report_reads(config, tmp_path, monkeypatch):
     assert [RunInfo.read(tmp_path / "work" / v.name / "run.json") for v in cfg.variants] == cfg.variants
     assert cfg.variants[0] == RunInfo("mae_plus_rpe", "mae_plus_rpe", "pretrain/mae_plus_vitb_rpe.py", True)
     assert json.loads((tmp_path / "work" / "env.json").read_text()) == {"device": "test"}
+
+
+# --launcher slurm: each stage an sbatch job after the stages it reads; variants side by side; the report last.
+PER_STAGE_GPUS = "gpus: {pretrain: 32, ade20k: 8, coco: 16}"
+CHAINS = {"pretrain": [], "export": ["pretrain"], "reconstruction": ["pretrain"], "ade20k": ["export"],
+          "ade20k_test": ["ade20k"], "coco": ["export"], "coco_test": ["coco"]}
+
+
+@pytest.fixture
+def cluster_config(tmp_path) -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(TWO_VARIANTS.format(work=tmp_path / "work").replace("gpus: 8", PER_STAGE_GPUS))
+    return path
+
+
+def sbatch_jobs(lines: list[str]) -> dict[str, dict]:
+    """Job name -> {var, after, dependency kind, the sbatch options, the wrapped command} of dry-run lines
+    ``Jn=$(sbatch ... --wrap=...)``."""
+    jobs = {}
+    for line in lines:
+        var, _, rest = line.partition("=$(")
+        assert rest.startswith("sbatch --parsable ") and rest.endswith(")"), line
+        options, _, wrap = rest[:-1].partition(" '--wrap=")
+        opts = dict(o.lstrip("-").split("=", 1) for o in options.split()[2:])
+        kind, _, after = opts.get("dependency", ":").partition(":")
+        jobs[opts["job-name"]] = {"var": var, "kind": kind, "after": after.split(":") if after else [],
+                                  "opts": opts, "wrap": wrap.rstrip("'")}
+    return jobs
+
+
+def test_slurm_dry_run_prints_dependent_sbatch_lines(cluster_config, tmp_path, capsys):
+    main(["--config", str(cluster_config), "--launcher", "slurm", "--partition", "gpu", "--dry-run",
+          "--sbatch-args=--time=3-00:00:00"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    jobs = sbatch_jobs(lines)
+    assert [job["var"] for job in jobs.values()] == [f"J{n}" for n in range(1, 16)]
+    order = list(jobs)
+    for variant in ("mae_plus_rpe", "adpe_rpe_coord"):
+        for stage, before in CHAINS.items():
+            job = jobs[f"work.{variant}.{stage}"]
+            assert job["after"] == [f"${jobs[f'work.{variant}.{b}']['var']}" for b in before]
+            assert all(order.index(f"work.{variant}.{b}") < order.index(f"work.{variant}.{stage}") for b in before)
+            assert job["kind"] == ("afterok" if before else "") and job["opts"]["time"] == "3-00:00:00"
+            assert job["opts"]["partition"] == "gpu" and job["opts"]["kill-on-invalid-dep"] == "yes"
+            marker = tmp_path / "work" / variant / ("" if stage in ("export", "reconstruction") else
+                                                    stage.removesuffix("_test")) / f".{stage}.done"
+            assert job["wrap"].endswith(f" && date +%Y-%m-%dT%H:%M:%S > {marker}")
+        pretrain, test = jobs[f"work.{variant}.pretrain"], jobs[f"work.{variant}.coco_test"]
+        assert pretrain["wrap"].startswith("env GPUS=32 GPUS_PER_NODE=8 CPUS_PER_TASK=10 bash tools/slurm_pretrain.sh "
+                                           f"gpu work.{variant}.pretrain pretrain/")
+        assert (pretrain["opts"]["nodes"], pretrain["opts"]["ntasks"], pretrain["opts"]["gres"]) == ("4", "32", "gpu:8")
+        assert test["wrap"].startswith("env GPUS=16 GPUS_PER_NODE=8 CPUS_PER_TASK=5 bash tools/slurm_test.sh gpu "
+                                       f"work.{variant}.coco_test benchmarks/coco/mask_rcnn_adpe_vitb.py "
+                                       f"$(cat {tmp_path}/work/{variant}/coco/last_checkpoint) --work-dir")
+        assert "tools/slurm_train.sh gpu" in jobs[f"work.{variant}.ade20k"]["wrap"]
+    # the two variants side by side: neither waits for the other; the report waits for everything, last
+    assert jobs["work.adpe_rpe_coord.pretrain"]["after"] == []
+    assert order[-1] == "work.report" and jobs["work.report"]["kind"] == "afterany"
+    assert jobs["work.report"]["after"] == [f"$J{n}" for n in range(1, 15)]
+    assert not (tmp_path / "work").exists()  # a dry run writes nothing
+
+
+class FakeSbatch:
+    """An ``sbatch`` on PATH that records its arguments and answers job ids 101, 102, ... as --parsable does."""
+
+    def __init__(self, folder: Path, monkeypatch):
+        self.log = folder / "sbatch.jsonl"
+        script = folder / "sbatch"
+        script.write_text(f"#!{sys.executable}\nimport json, os, sys\nlog = {str(self.log)!r}\n"
+                          "calls = open(log).read().count('\\n') if os.path.exists(log) else 0\n"
+                          "open(log, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+                          "print(f'{101 + calls};cluster')\n")
+        script.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+    def calls(self) -> dict[str, dict]:
+        """Job name -> its sbatch options (``--key=value`` as key: value)."""
+        calls = [json.loads(line) for line in self.log.read_text().splitlines()]
+        return {opts["job-name"]: opts for opts in
+                (dict(a.lstrip("-").split("=", 1) for a in argv if a.startswith("--") and "=" in a) for argv in calls)}
+
+
+def test_slurm_resubmission_skips_finished_stages(cluster_config, tmp_path, monkeypatch, capsys):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = FakeSbatch(bin_dir, monkeypatch)
+    steps = plan(PipelineConfig.load(cluster_config))
+    for step in steps:  # the first variant pretrained and exported before
+        if step.variant == "mae_plus_rpe" and step.stage in ("pretrain", "export"):
+            step.work_dir.mkdir(parents=True, exist_ok=True)
+            step.marker.write_text("done\n")
+    main(["--config", str(cluster_config), "--launcher", "slurm", "--partition", "gpu"])
+    jobs = sbatch.calls()
+    assert "work.mae_plus_rpe.pretrain" not in jobs and "work.mae_plus_rpe.export" not in jobs
+    ids = {name: str(101 + n) for n, name in enumerate(jobs)}
+    assert "dependency" not in jobs["work.mae_plus_rpe.ade20k"]  # its backbone is there: it starts at once
+    assert jobs["work.mae_plus_rpe.ade20k_test"]["dependency"] == f"afterok:{ids['work.mae_plus_rpe.ade20k']}"
+    assert jobs["work.adpe_rpe_coord.export"]["dependency"] == f"afterok:{ids['work.adpe_rpe_coord.pretrain']}"
+    assert jobs["work.report"]["dependency"] == "afterany:" + ":".join(
+        ids[name] for name in jobs if name != "work.report")
+    out = capsys.readouterr().out
+    assert "# mae_plus_rpe pretrain: done before, skipped" in out and "submitted 13 jobs" in out
+    work = tmp_path / "work"
+    assert (work / "mae_plus_rpe" / "run.json").is_file() and not (work / "env.json").exists()
+    assert (work / "adpe_rpe_coord" / "coco").is_dir()  # sbatch writes the job's log there
+
+
+def test_per_stage_gpu_counts(cluster_config, tmp_path):
+    cfg = PipelineConfig.load(cluster_config)
+    assert [cfg.gpus_for(s) for s in ("pretrain", "ade20k", "ade20k_test", "coco", "coco_test")] == [32, 8, 8, 16, 16]
+    steps = {(s.variant, s.stage): s for s in plan(cfg)}
+    assert steps["mae_plus_rpe", "pretrain"].command[3] == "32"  # tools/pretrain.sh CONFIG GPUS
+    assert steps["mae_plus_rpe", "coco_test"].command[4] == "16"  # tools/dist_test.sh CONFIG CHECKPOINT GPUS
+    cfg.gpus = {"pretrain": 32}
+    with pytest.raises(SystemExit, match="no entry for the 'ade20k' stage"):
+        plan(cfg)
+    with pytest.raises(SystemExit, match="32 GPUs do not fill nodes of 6"):
+        main(["--config", str(cluster_config), "--launcher", "slurm", "--partition", "gpu", "--gpus-per-node", "6",
+              "--dry-run"])

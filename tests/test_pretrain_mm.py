@@ -178,3 +178,62 @@ def test_pretraining_starts_from_a_release_checkpoint():
     model = MODELS.build({**cfg.model, "pretrained": path})
     with pytest.raises(ValueError, match="unexpected: blocks.0.attn.rpe_k.lookup_table_weight"):
         model.init_weights()
+
+
+# The same recipe on any GPU count for transfer: the ViT-B transfer configs keep their effective batch with the
+# pretraining's EffectiveBatchHook, or, with --auto-scale-lr, scale the lr as mmdet does (one at a time).
+def _transfer_runner(data_root: Path, work_dir: Path, auto_scale_lr: bool) -> Runner:
+    """Runner.from_cfg of the ADE20K ViT-B config with a tiny backbone and head, before training (as the Runner
+    holds it when ``before_run`` is called: optimiser built, lr scaled if asked)."""
+    options = {"model.backbone.size": "tiny", "model.backbone.out_indices": (0, 1, 2, 3),
+               "model.neck.embed_dim": 192, "model.decode_head.in_channels": [192] * 4,
+               "model.decode_head.channels": 32, "model.auxiliary_head.in_channels": 192,
+               "model.auxiliary_head.channels": 16, "model.backbone.init_cfg": None,
+               **{f"{k}.dataset.data_root": str(data_root) for k in ("train_dataloader", "val_dataloader",
+                                                                     "test_dataloader")},
+               "train_dataloader.num_workers": 0, "train_dataloader.persistent_workers": False}
+    cfg = build_config(str(ROOT / "benchmarks/ade20k/upernet_adpe_vitb.py"), work_dir=str(work_dir),
+                       cfg_options=options, auto_scale_lr=auto_scale_lr)
+    runner = Runner.from_cfg(cfg)
+    runner._world_size = 4  # what mmengine's scale_lr reads
+    runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
+    runner.scale_lr(runner.optim_wrapper, runner.auto_scale_lr)  # as Runner.train() does, before before_run
+    runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
+    return runner
+
+
+def test_transfer_keeps_the_effective_batch_or_scales_the_lr(tmp_path, monkeypatch):
+    """4 processes x 2 images: accumulation 2 for ADE20K's 16 images per step; with --auto-scale-lr, no
+    accumulation and lr x 8 / 16 (mmengine's scaling). The log says which one is in force."""
+    import adpe.mm.engine as engine
+    from adpe.demo.data import write_ade20k
+
+    data = write_ade20k(tmp_path / "ade20k", n_train=2, n_val=1, size=32, seed=0)
+    monkeypatch.setattr(engine, "get_world_size", lambda: 4)
+    for auto_scale_lr, counts, lr in ((False, 2, 2e-4), (True, 1, 1e-4)):
+        runner = _transfer_runner(data, tmp_path / f"auto_scale_lr_{auto_scale_lr}", auto_scale_lr)
+        hook = next(h for h in runner.hooks if type(h).__name__ == "EffectiveBatchHook")
+        assert runner.train_dataloader.batch_size == 2 and runner.cfg.auto_scale_lr.enable is auto_scale_lr
+        hook.before_run(runner)
+        assert runner.optim_wrapper._accumulative_counts == counts
+        assert max(group["initial_lr"] for group in runner.optim_wrapper.optimizer.param_groups) == pytest.approx(lr)
+        # With accumulation the iteration-based recipe counts optimiser steps: 160k steps = 320k iterations,
+        # warm-up 1500 steps = 3000 iterations, and the lr at the first iteration is the warm-up's start.
+        assert runner.train_loop.max_iters == 160_000 * counts and runner.train_loop.val_interval == 16_000 * counts
+        warmup, poly = runner.param_schedulers
+        assert (warmup.begin, warmup.end, poly.begin, poly.end) == (0, 1500 * counts, 1500 * counts, 160_000 * counts)
+        assert max(group["lr"] for group in runner.optim_wrapper.optimizer.param_groups) == pytest.approx(lr * 1e-6)
+        log = (Path(runner.log_dir) / f"{runner.timestamp}.log").read_text()
+        assert ("Scaling the original LR by 0.5" in log) is auto_scale_lr
+        assert ("effective batch 16 images = 4 processes x 2 images x 2 accumulation steps" in log) is not \
+            auto_scale_lr
+
+
+def test_auto_scale_lr_needs_a_base_batch_size():
+    with pytest.raises(ValueError, match="has no auto_scale_lr.base_batch_size"):
+        build_config(str(ROOT / "pretrain/adpe_vitb_rpe_coord.py"), auto_scale_lr=True)
+    for config, base in (("benchmarks/coco/mask_rcnn_adpe_vitb.py", 64), ("benchmarks/ade20k/upernet_adpe_vitb.py", 16),
+                         ("benchmarks/coco/mask_rcnn_adpe_vit_tiny_demo.py", 8)):
+        assert Config.fromfile(ROOT / config).auto_scale_lr == dict(enable=False, base_batch_size=base)
+        cfg = build_config(str(ROOT / config), auto_scale_lr=True)
+        assert cfg.auto_scale_lr.enable and cfg.effective_batch is None

@@ -3,10 +3,12 @@
 python tools/convert_checkpoint.py SRC DST
 
 SRC: this suite's pretraining checkpoint (work_dirs/.../epoch_N.pth), an official MAE release
-(mae_pretrain_vit_base.pth) or an official AdPE release. DST holds {'state_dict': backbone weights,
-'meta': {'source', 'position', 'rpe_lookup', 'dropped'}} and loads with torch.load(weights_only=True).
-Decoder, mask token and adversary weights are dropped on purpose and listed. See
-adpe.checkpoint.export_backbone.
+(mae_pretrain_vit_base.pth), an official AdPE release, a timm VisionTransformer state dict (.pth or
+.safetensors) or an mmpretrain MAE checkpoint; a local path or a URL (https://..., s3://...), which is
+downloaded once into $ADPE_CACHE/checkpoints (default ~/.cache/adpe/checkpoints). DST holds {'state_dict':
+backbone weights, 'meta': {'source', 'position', 'rpe_lookup', 'dropped'}} and loads with
+torch.load(weights_only=True). Decoder, mask token, adversary and classifier weights are dropped on purpose
+and listed. See adpe.checkpoint.export_backbone.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import argparse
 
 from adpe.checkpoint import export_backbone
 
-try:  # mmengine checkpoints carry its log history: adpe.mm allow-lists it for weights_only loading
-    import adpe.mm.engine  # noqa: F401
+try:  # mmengine checkpoints carry its log history, which adpe.mm allow-lists; it also adds mmengine's URLs
+    import adpe.mm  # noqa: F401
 except ImportError:
     pass
 
@@ -28,7 +30,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         out = export_backbone(args.src, args.dst)
-    except (FileNotFoundError, ValueError) as err:  # no such file, not loadable, or not a ViT: a message
+    except (OSError, ValueError) as err:  # no such file or URL, not loadable, or not a ViT: a message
         raise SystemExit(f"error: {err}") from err
     meta = out["meta"]
     print(f"[adpe] {args.dst}: {len(out['state_dict'])} tensors, position={meta['position']}, "

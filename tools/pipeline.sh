@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # pretrain -> export -> ADE20K -> COCO -> report for a list of variants: tools/pipeline.sh --config FILE.yaml
-# [--dry-run] [--only VARIANT ...] [--stages ...]. See adpe/pipeline.py.
+# [--dry-run] [--only VARIANT ...] [--stages ...] [--launcher slurm --partition P [--gpus-per-node N]
+# [--sbatch-args="..."]]: here, stage after stage, or each stage an sbatch job. See adpe/pipeline.py.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}

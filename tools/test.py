@@ -1,7 +1,9 @@
 """Evaluate a trained mmseg / mmdet checkpoint and write the metrics as JSON in the work dir.
 
-python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE] [--cfg-options k=v ...]
-(tools/dist_test.sh CONFIG CHECKPOINT GPUS [...] launches it with torchrun.)
+python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--metrics-json FILE] [--out PATH] [--show-dir DIR]
+                     [--tta] [--cfg-options k=v ...]
+--out, --show-dir and --tta mean what they mean to mmseg's and mmdet's tools/test.py.
+(tools/dist_test.sh CONFIG CHECKPOINT GPUS [...] launches it with torchrun, tools/slurm_test.sh on Slurm.)
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
 import adpe.mm  # noqa: F401  (registers the suite's modules)
-from adpe.checkpoint import load_checkpoint_file
+from adpe.checkpoint import fetch_checkpoint
 from adpe.mm.engine import AtomicLocalBackend
+from adpe.mm.inference import configure_test, use_trained_backbone
 from adpe.mm.runner import build_config
-from adpe.mm.transfer import backbone_settings_of_trained
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,7 +31,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("config")
     parser.add_argument("checkpoint", help="trained checkpoint (tools/train.py output)")
     parser.add_argument("--work-dir", help="default: work_dirs/CONFIG_NAME")
-    parser.add_argument("--out", help="metrics JSON (default: WORK_DIR/test_results.json)")
+    parser.add_argument("--metrics-json", help="where the metrics go (default: WORK_DIR/test_results.json)")
+    parser.add_argument("--out", help="predictions: a folder of label PNGs (mmseg) or a .pkl file (mmdet)")
+    parser.add_argument("--show-dir", help="draw every prediction into DIR (the config's visualization hook)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: the config's tta_pipeline and tta_model")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
@@ -46,28 +52,29 @@ def _commit() -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f"checkpoint not found: {args.checkpoint}")
+    try:  # a URL is downloaded once into the checkpoint cache; the runner then reads that local copy
+        args.checkpoint = str(fetch_checkpoint(args.checkpoint))
+    except OSError as err:  # no such file, or a URL that cannot be fetched (the message names it)
+        raise SystemExit(f"error: {err}") from err
     cfg = build_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, launcher=args.launcher)
-    backbone = cfg.model.get("backbone", {})
-    if backbone.get("type") == "AdPEViT":  # same structure as trained; weights come from the checkpoint
-        backbone.update(backbone_settings_of_trained(load_checkpoint_file(args.checkpoint)))
-        backbone["init_cfg"] = None
+    use_trained_backbone(cfg, args.checkpoint)
     cfg.load_from, cfg.resume = args.checkpoint, False
+    configure_test(cfg, show_dir=args.show_dir, tta=args.tta, out=args.out)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
     result = {
         "config": args.config,
         "checkpoint": osp.abspath(args.checkpoint),
         "metrics": {k: float(v) for k, v in metrics.items()},
+        "tta": args.tta,
         "time": datetime.datetime.now().isoformat(timespec="seconds"),
         "commit": _commit(),
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     }
-    out = args.out or osp.join(cfg.work_dir, "test_results.json")
+    metrics_json = args.metrics_json or osp.join(cfg.work_dir, "test_results.json")  # adpe.report reads this
     if is_main_process():
-        AtomicLocalBackend().put_text(json.dumps(result, indent=2), out)
-        print(f"[adpe] metrics written to {out}: {result['metrics']}")
+        AtomicLocalBackend().put_text(json.dumps(result, indent=2), metrics_json)
+        print(f"[adpe] metrics written to {metrics_json}: {result['metrics']}")
     return result
 
 

@@ -1,6 +1,7 @@
 """Train from an mmengine config: pretraining (pretrain/), ADE20K (mmseg) and COCO (mmdet) transfer.
 
 One process:      python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]]
+                  [--vis tensorboard|wandb ...] [--auto-scale-lr] [--cfg-options k=v ...]
 Distributed:      tools/pretrain.sh / tools/dist_train.sh (torchrun, --launcher pytorch), tools/slurm_*.sh
 """
 
@@ -12,7 +13,7 @@ from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 import adpe.mm  # noqa: F401  (registers the suite's modules)
-from adpe.mm.runner import build_config
+from adpe.mm.runner import VIS_BACKENDS, build_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -24,6 +25,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: bf16 autocast on CPUs and bf16 GPUs, fp16 + dynamic loss scale "
                         "on older GPUs (AutoAmpOptimWrapper)")
+    parser.add_argument("--vis", nargs="+", action="extend", choices=sorted(VIS_BACKENDS), default=[],
+                        help="also log to TensorBoard / Weights & Biases (beside the local scalars.json the report "
+                        "reads); repeatable: --vis tensorboard wandb, or --vis tensorboard --vis wandb")
+    parser.add_argument("--auto-scale-lr", action="store_true",
+                        help="mmdet's linear lr scaling by actual batch / auto_scale_lr.base_batch_size, instead "
+                        "of keeping the config's effective_batch by gradient accumulation")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="override config entries, e.g. model.backbone.init_cfg.checkpoint=PATH")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
@@ -34,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = build_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, launcher=args.launcher,
-                       resume=args.resume, amp=args.amp)
+                       resume=args.resume, amp=args.amp, vis=args.vis, auto_scale_lr=args.auto_scale_lr)
     Runner.from_cfg(cfg).train()
 
 

@@ -32,6 +32,7 @@ from mmengine.logging import HistoryBuffer, print_log
 from mmengine.model import is_model_wrapper
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import HOOKS, OPTIM_WRAPPERS, OPTIMIZERS
+from mmengine.runner import IterBasedTrainLoop
 from torch import nn
 
 from adpe.checkpoint import TRAINING_CHECKPOINT_GLOBALS, atomic_write
@@ -98,8 +99,14 @@ class EffectiveBatchHook(Hook):
     """Sets gradient accumulation so that processes x batch_size x accumulation = the config's ``effective_batch``
     (images per optimiser step), whatever launches the run.
 
-    Runs before training starts (``before_run``, after the optimiser wrapper is built and before mmengine counts
-    its accumulation). ``effective_batch=None`` keeps the wrapper's ``accumulative_counts`` as configured.
+    Runs before training starts (``before_run``, after the optimiser wrapper and schedulers are built and before
+    mmengine counts its accumulation). ``effective_batch=None``, or mmengine's ``auto_scale_lr.enable`` (the
+    other way to adapt a recipe to the GPU count), keeps the wrapper's ``accumulative_counts`` as configured.
+
+    An iteration-based recipe counts optimiser steps, but mmengine counts loader iterations: with N accumulation
+    steps the loop's length, its validation interval and every by-iteration schedule are stretched N times, so
+    the run makes the recipe's number of updates on the recipe's lr curve. (An epoch-based recipe needs nothing:
+    an epoch is the same images whatever N.)
     """
 
     priority = "VERY_HIGH"
@@ -108,11 +115,50 @@ class EffectiveBatchHook(Hook):
         target = runner.cfg.get("effective_batch")
         if not target or not isinstance(runner.optim_wrapper, OptimWrapper):  # a test run builds no optimiser
             return
+        if (runner.cfg.get("auto_scale_lr") or {}).get("enable"):
+            print_log("auto_scale_lr is enabled: the lr follows the batch, effective_batch is not applied",
+                      logger="current")
+            return
         processes, batch_size = get_world_size(), runner.train_dataloader.batch_size
         counts = accumulation_for(target, processes, batch_size)
         runner.optim_wrapper._accumulative_counts = counts  # read by initialize_count_status, which runs next
         print_log(f"effective batch {target} images = {processes} processes x {batch_size} images x {counts} "
                   "accumulation steps", logger="current")
+        if counts > 1 and isinstance(runner.train_loop, IterBasedTrainLoop):
+            stretch_iteration_schedule(runner, counts)
+            print_log(f"iteration-based schedule stretched x{counts}: {runner.train_loop.max_iters} iterations "
+                      f"= {runner.train_loop.max_iters // counts} optimiser steps", logger="current")
+
+
+def stretch_iteration_schedule(runner, factor: int) -> None:
+    """Multiply the train loop's length and validation intervals, and the iteration counts of every
+    by-iteration parameter schedule of ``runner.cfg.param_scheduler``, by ``factor``; rebuild the schedulers."""
+    loop = runner.train_loop
+    loop._max_iters *= factor
+    loop.val_begin *= factor
+    loop.val_interval *= factor
+    loop.dynamic_milestones = [m * factor for m in loop.dynamic_milestones]
+    loop.dynamic_intervals = [i * factor for i in loop.dynamic_intervals]
+    if not isinstance(runner.param_schedulers or [], list):
+        raise ValueError("effective_batch with several optimisers' schedules (a dict of param_scheduler) is not "
+                         "supported: set effective_batch = None and scale the schedule by hand")
+    configs = runner.cfg.get("param_scheduler") or []
+    configs = [configs] if isinstance(configs, dict) else list(configs)
+    stretched = []
+    for cfg in configs:
+        cfg = copy.deepcopy(dict(cfg))
+        if cfg.get("by_epoch", True) is False:
+            for key in ("begin", "end", "T_max", "total_iters"):
+                if cfg.get(key) is not None:
+                    cfg[key] = int(cfg[key]) * factor
+            if "milestones" in cfg:
+                cfg["milestones"] = [m * factor for m in cfg["milestones"]]
+        stretched.append(cfg)
+    # Building a scheduler applies its first step to the optimiser's current values: start from the initial ones.
+    for scheduler in runner.param_schedulers or []:
+        for group in scheduler.optimizer.param_groups:
+            group[scheduler.param_name] = group[f"initial_{scheduler.param_name}"]
+    runner.param_schedulers = runner.build_param_scheduler(stretched)
 
 
 def accumulation_for(effective_batch: int, processes: int, batch_size: int) -> int:

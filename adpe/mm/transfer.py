@@ -10,8 +10,9 @@ from mmengine.model import BaseModule
 from mmengine.optim import OptimWrapper
 from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
-from adpe.backbone import ViTBackbone
+from adpe.backbone import ViTBackbone, decode_structure
 from adpe.checkpoint import (
+    STRUCTURE_KEY,
     checkpoint_state,
     checkpoint_variant,
     fit_to_backbone,
@@ -124,8 +125,13 @@ class ResolvedBackboneHook(Hook):
             runner.dump_config()
 
 
-def backbone_settings_of_trained(ckpt: dict) -> dict[str, str]:
-    """rel_pos / rpe_lookup of a fine-tuned mmseg / mmdet checkpoint, from its weights and saved config."""
+def backbone_settings_of_trained(ckpt: dict) -> dict:
+    """rel_pos / rpe_lookup / rpe_query_scale of a fine-tuned mmseg / mmdet checkpoint: the structure its backbone
+    recorded in the weights (``structure_code``); for checkpoints older than that record, rel_pos / rpe_lookup from
+    its weights and saved config."""
+    code = checkpoint_state(ckpt).get(f"backbone.{STRUCTURE_KEY}")
+    if code is not None:
+        return decode_structure(code)
     variant = checkpoint_variant(ckpt)  # position 'rpe' <=> iRPE tables in the weights
     if variant["position"] == "rpe":
         rel_pos = "irpe"

@@ -2,6 +2,10 @@
 # (data/demo/ade20k, 128^2 images, labels in ADE's 150-class space). Same pieces as the ViT-B recipe.
 _base_ = ['./upernet_adpe_vitb.py']
 data_root = 'data/demo/ade20k'
+# One process, 8 images per step, no accumulation (the ViT-B recipe's effective batch is not the demo's);
+# --auto-scale-lr would scale the lr against the demo's own batch.
+effective_batch = None
+auto_scale_lr = dict(enable=False, base_batch_size=8)
 crop_size = (128, 128)
 model = dict(
     data_preprocessor=dict(size=crop_size),
@@ -29,6 +33,18 @@ train_dataloader = dict(batch_size=8, num_workers=2,
                         dataset=dict(data_root=data_root, pipeline=train_pipeline))
 val_dataloader = dict(batch_size=1, num_workers=1, dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
+# --tta: the ViT-B recipe's multi-scale + flip around this test scale (256, 128)
+tta_scales = [(int(256 * r), int(128 * r)) for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)]
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=scale, keep_ratio=True) for scale in tta_scales],
+        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
+        [dict(type='LoadAnnotations')],
+        [dict(type='PackSegInputs')],
+    ]),
+]
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(lr=1e-3))
 max_iters = 100
 param_scheduler = [

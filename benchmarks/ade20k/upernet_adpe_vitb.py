@@ -9,8 +9,13 @@ _base_ = [
     'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py',
 ]
 custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
-# Records the backbone's resolved 'auto' settings in the saved config and checkpoints.
-custom_hooks = [dict(type='ResolvedBackboneHook')]
+# Records the backbone's resolved 'auto' settings in the saved config and checkpoints; EffectiveBatchHook keeps
+# 16 images per optimiser step on any GPU count by gradient accumulation (4 GPUs x 2 images: 2 steps).
+custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook')]
+effective_batch = 16
+# The alternative, mmdet's --auto-scale-lr: lr x (GPUs x batch_size) / 16, no accumulation (our launchers then
+# set effective_batch = None: one mechanism at a time).
+auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
@@ -49,6 +54,20 @@ param_scheduler = [
 train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
+# tools/test.py --tta: the release's multi-scale + flip protocol (mmseg 0.x's MultiScaleFlipAug): the test scale
+# (2048, 512) x 0.5 ... 1.75, each also flipped, merged by mmseg's SegTTAModel (tta_model of default_runtime).
+# (mmseg 1.x's ade20k tta_pipeline resizes the original image by those ratios instead, ignoring the test scale.)
+tta_scales = [(int(2048 * r), int(512 * r)) for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)]
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=scale, keep_ratio=True) for scale in tta_scales],
+        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
+        [dict(type='LoadAnnotations')],
+        [dict(type='PackSegInputs')],
+    ]),
+]
 default_hooks = dict(checkpoint=dict(max_keep_ckpts=2, save_best='mIoU'))
 resume = True  # continue from the newest checkpoint in the work dir, if any
 # A fixed seed makes every variant of a comparison see the same head init and data order (--cfg-options

@@ -3,6 +3,10 @@
 # simple pyramid, RPN and data pipeline, with CPU-sized heads and schedule (about 2 minutes on 2 cores).
 _base_ = ['./mask_rcnn_adpe_vitb.py']
 data_root = 'data/demo/coco/'
+# One process, 8 images per step, no accumulation (the ViT-B recipe's effective batch is not the demo's);
+# --auto-scale-lr would scale the lr against the demo's own batch.
+effective_batch = None
+auto_scale_lr = dict(enable=False, base_batch_size=8)
 image_size = (128, 128)
 model = dict(
     data_preprocessor=dict(batch_augments=[dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)]),
@@ -51,6 +55,19 @@ train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
 val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, dataset=dict(
     data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
 test_dataloader = val_dataloader
+# --tta: the ViT-B recipe's flip, at this image size and with the model's max_per_img
+tta_model = dict(tta_cfg=dict(max_per_img=10))
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=image_size, keep_ratio=True)],
+        [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)],
+        [dict(type='Pad', size=image_size, pad_val=dict(img=(114, 114, 114)))],
+        [dict(type='LoadAnnotations', with_bbox=True, with_mask=True)],
+        [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
+                                               'flip', 'flip_direction'))],
+    ]),
+]
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(lr=4e-4, weight_decay=0.05))

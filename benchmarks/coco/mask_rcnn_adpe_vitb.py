@@ -8,8 +8,13 @@
 # relative position bias.
 _base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py', 'mmdet::common/lsj-100e_coco-instance.py']
 custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
-# Records the backbone's resolved 'auto' settings in the saved config and checkpoints.
-custom_hooks = [dict(type='ResolvedBackboneHook')]
+# Records the backbone's resolved 'auto' settings in the saved config and checkpoints; EffectiveBatchHook keeps
+# 64 images per optimiser step on any GPU count by gradient accumulation (4 GPUs x 8 images: 2 steps).
+custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook')]
+effective_batch = 64
+# The alternative, mmdet's --auto-scale-lr: lr x (GPUs x batch_size) / 64, no accumulation (our launchers then
+# set effective_batch = None: one mechanism at a time).
+auto_scale_lr = dict(enable=False, base_batch_size=64)
 
 image_size = (1024, 1024)
 norm_cfg = dict(type='AdPELN2d', requires_grad=True)
@@ -49,6 +54,21 @@ train_dataloader = dict(batch_size=8, num_workers=8, dataset=dict(_delete_=True,
     filter_cfg=dict(filter_empty_gt=True, min_size=32), pipeline={{_base_.train_pipeline}}))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
+# tools/test.py --tta: horizontal flip, views merged by box NMS as mmdet's DetTTAModel does, each kept box with its
+# own view's mask (AdPEDetTTAModel: mmdet 3.3.0's DetTTAModel refuses masks). The flip comes before the padding,
+# which must stay bottom-right for the predictions to map back onto the image.
+tta_model = dict(type='AdPEDetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=image_size, keep_ratio=True)],
+        [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)],
+        [dict(type='Pad', size=image_size, pad_val=dict(img=(114, 114, 114)))],
+        [dict(type='LoadAnnotations', with_bbox=True, with_mask=True)],
+        [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
+                                               'flip', 'flip_direction'))],
+    ]),
+]
 
 optim_wrapper = dict(
     _delete_=True,
