@@ -29,3 +29,24 @@ def image_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("imagenet")
     smooth_images(root / "train", 16)
     return root
+
+
+def _timm_block_outputs(vit, x) -> list:
+    """Every block's token output of a timm VisionTransformer for input x: list of (B, N, D)."""
+    import torch
+
+    captured = []
+    hooks = [b.register_forward_hook(lambda _m, _i, out: captured.append(out)) for b in vit.blocks]
+    try:
+        with torch.no_grad():
+            vit.forward_features(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+@pytest.fixture
+def timm_block_outputs():
+    """``(vit, x) -> [block outputs]`` of a timm VisionTransformer, for parity checks against our backbone."""
+    return _timm_block_outputs

@@ -52,7 +52,7 @@ def test_official_adpe_release_reproduces_released_block_outputs():
         assert (ours - theirs).abs().max() <= 1e-4
 
 
-def _timm_parity(size: str, embed_dim: int, depth: int, heads: int, tmp_path: Path):
+def _timm_parity(size: str, embed_dim: int, depth: int, heads: int, tmp_path: Path, timm_block_outputs):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     reference = timm.models.VisionTransformer(img_size=224, patch_size=16, embed_dim=embed_dim, depth=depth,
@@ -67,25 +67,21 @@ def _timm_parity(size: str, embed_dim: int, depth: int, heads: int, tmp_path: Pa
     backbone = build_backbone(size=size, img_size=224, rel_pos="none", out_indices=(depth - 1,),
                               init_cfg=dict(type="Pretrained", checkpoint=str(path)))
     x = torch.randn(2, 3, 224, 224)
-    captured = []
-    hooks = [b.register_forward_hook(lambda _m, _i, out: captured.append(out)) for b in reference.blocks]
+    captured = timm_block_outputs(reference, x)
     with torch.no_grad():
-        reference.forward_features(x)
         ours = block_outputs(backbone, x)
-    for hook in hooks:
-        hook.remove()
     assert len(ours) == depth
     for a, b in zip(ours, captured, strict=True):
         assert (a - b).abs().max() <= 1e-4
 
 
-def test_official_mae_layout_matches_timm_vit_tiny_width(tmp_path):
-    _timm_parity("tiny", 192, 4, 3, tmp_path)
+def test_official_mae_layout_matches_timm_vit_tiny_width(tmp_path, timm_block_outputs):
+    _timm_parity("tiny", 192, 4, 3, tmp_path, timm_block_outputs)
 
 
 @pytest.mark.slow
-def test_official_mae_layout_matches_timm_vit_b(tmp_path):
-    _timm_parity("base", 768, 12, 12, tmp_path)
+def test_official_mae_layout_matches_timm_vit_b(tmp_path, timm_block_outputs):
+    _timm_parity("base", 768, 12, 12, tmp_path, timm_block_outputs)
 
 
 def test_rpe_coordinate_checkpoint_selects_continuous_lookup(tmp_path):

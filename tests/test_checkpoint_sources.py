@@ -267,7 +267,7 @@ def test_safetensors_file_gives_the_same_backbone_as_the_pth(server, cache, tmp_
 # ------------------------------------------------------------------------------------------------ layouts
 @pytest.mark.mm
 @pytest.mark.parametrize("global_pool, classifier_norm", [("token", "norm.weight"), ("avg", "fc_norm.weight")])
-def test_timm_state_dict_loads_with_timm_block_outputs(global_pool, classifier_norm, tmp_path):
+def test_timm_state_dict_loads_with_timm_block_outputs(global_pool, classifier_norm, tmp_path, timm_block_outputs):
     reference = random_timm_vit(global_pool=global_pool)
     state = reference.state_dict()
     assert classifier_norm in state
@@ -277,13 +277,9 @@ def test_timm_state_dict_loads_with_timm_block_outputs(global_pool, classifier_n
     assert {k for k in dropped if not k.startswith("fc_norm.")} == {"head.weight", "head.bias"}
     backbone = build_adpevit(rel_pos="none", init_cfg=pretrained(path))
     x = torch.randn(2, 3, 112, 112)
-    captured = []
-    hooks = [b.register_forward_hook(lambda _m, _i, out: captured.append(out)) for b in reference.blocks]
+    captured = timm_block_outputs(reference, x)
     with torch.no_grad():
-        reference.forward_features(x)
         ours = block_outputs(backbone, x)
-    for hook in hooks:
-        hook.remove()
     assert len(ours) == len(captured) == 4
     for a, b in zip(ours, captured, strict=True):
         assert (a - b).abs().max() <= 1e-4

@@ -2,15 +2,8 @@
 # Slurm launcher for tools/train.py (pretraining, ADE20K, COCO): slurm_train.sh PARTITION JOB_NAME CONFIG [args...]
 # GPUS (8 total), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS set the allocation.
 set -euo pipefail
-PARTITION=$1
-JOB_NAME=$2
-CONFIG=$3
-shift 3
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-GPUS=${GPUS:-8}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-srun -p "$PARTITION" --job-name="$JOB_NAME" --gres=gpu:"$GPUS_PER_NODE" --ntasks="$GPUS" \
-    --ntasks-per-node="$GPUS_PER_NODE" --cpus-per-task="${CPUS_PER_TASK:-5}" --kill-on-bad-exit=1 \
-    ${SRUN_ARGS:-} "$PYTHON" -u "$ROOT/tools/train.py" "$CONFIG" --launcher slurm "$@"
+if [[ $# -lt 3 ]]; then
+    echo "usage: $0 PARTITION JOB_NAME CONFIG [train.py args...]" >&2
+    exit 2
+fi
+exec "$(dirname "$0")/slurm_launch.sh" train.py "$@"
