@@ -93,8 +93,18 @@ def test_every_coco_config_builds(path):
     model = MODELS.build(cfg.model)
     assert cfg.custom_imports == dict(imports=["adpe.mm"], allow_failed_imports=False)  # any launcher
     assert cfg.model.backbone.mode == "det" and model.neck.num_outs == 5
+    if path.name == "cascade_mask_rcnn_adpe_vitb.py":  # the release README's run: batch 32, 400k iterations
+        assert cfg.train_cfg.max_iters == 400_000 and cfg.effective_batch == 32 and model.roi_head.num_stages == 3
+        # detectron2 stretches the schedule defined on 184,375 updates to max_iter (warm-up 250, steps 163,889 / 177,546)
+        assert [s.get("milestones") for s in cfg.param_scheduler][1] == [355556, 385185]
+        assert cfg.param_scheduler[0].end == 542 and cfg.optim_wrapper.optimizer.lr == pytest.approx(5e-5)
+        heads = model.roi_head.bbox_head
+        assert all(h.num_shared_convs == 4 and h.num_shared_fcs == 1 and h.reg_class_agnostic for h in heads)
+        assert [h.bbox_coder.stds[0] for h in heads] == [0.1, 0.05, 0.033]
+        assert 84e6 <= sum(p.numel() for p in model.backbone.parameters()) <= 90e6
     if path.name == "mask_rcnn_adpe_vitb.py":
         assert cfg.train_cfg.max_iters == 184375 and cfg.train_dataloader.batch_size * 8 == 64
+        assert cfg.optim_wrapper.optimizer.lr == pytest.approx(1e-4 * 0.5)  # the release's lr multiplier 0.5
         assert [s.get("milestones") for s in cfg.param_scheduler][1] == [163889, 177546]
         assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.7
         assert model.rpn_head.num_convs == 2
@@ -135,6 +145,37 @@ def test_tiny_mask_rcnn_trains_and_dist_test_reports_box_and_mask_ap(tmp_path):
     metrics = json.loads((work / "test_results.json").read_text())["metrics"]
     assert {"coco/bbox_mAP", "coco/segm_mAP", "coco/bbox_mAP_50"} <= set(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("coco/bbox_mAP", "coco/segm_mAP"))
+
+
+def test_cascade_heads_train_a_few_steps_at_tiny_size(tmp_path):
+    """The Cascade config's RoI head (3 stages, ViTDet's 4conv+1fc heads with LN) on the demo's tiny detector:
+    a few optimiser steps on generated COCO data give finite losses for every stage."""
+    from mmengine.dataset import pseudo_collate
+    from mmengine.optim import build_optim_wrapper
+
+    from adpe.demo.data import write_coco
+
+    data = write_coco(tmp_path / "coco", n_train=2, n_val=1, size=128, seed=0)
+    cfg = Config.fromfile(ROOT / "benchmarks/coco/mask_rcnn_adpe_vit_tiny_demo.py")
+    cascade = Config.fromfile(ROOT / "benchmarks/coco/cascade_mask_rcnn_adpe_vitb.py").model
+    for part in ("neck", "rpn_head", "roi_head", "train_cfg", "test_cfg"):  # everything but the tiny backbone
+        cfg.model[part] = cascade[part]
+    cfg.model.neck.in_channels = 192
+    cfg.train_dataloader.dataset.data_root = f"{data}/"
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    batch = pseudo_collate([dataset[i] for i in range(2)])
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.train()
+    optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    for _ in range(3):
+        losses = model(**model.data_preprocessor(batch, True), mode="loss")
+        loss, log = model.parse_losses(losses)
+        optim.update_params(loss)
+    assert {f"s{i}.loss_cls" for i in range(3)} | {f"s{i}.loss_mask" for i in range(3)} <= set(log)
+    assert all(torch.isfinite(v) for v in log.values())
 
 
 def test_demo_mask_rcnn_fits_one_batch(tmp_path):
