@@ -95,7 +95,7 @@ def test_every_coco_config_builds(path):
     assert cfg.model.backbone.mode == "det" and model.neck.num_outs == 5
     if path.name == "cascade_mask_rcnn_adpe_vitb.py":  # the release README's run: batch 32, 400k iterations
         assert cfg.train_cfg.max_iters == 400_000 and cfg.effective_batch == 32 and model.roi_head.num_stages == 3
-        # detectron2 stretches the schedule defined on 184,375 updates to max_iter (warm-up 250, steps 163,889 / 177,546)
+        # detectron2 stretches the schedule of 184,375 updates to max_iter (warm-up 250, steps 163,889 / 177,546)
         assert [s.get("milestones") for s in cfg.param_scheduler][1] == [355556, 385185]
         assert cfg.param_scheduler[0].end == 542 and cfg.optim_wrapper.optimizer.lr == pytest.approx(5e-5)
         heads = model.roi_head.bbox_head
