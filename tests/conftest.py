@@ -50,3 +50,29 @@ def _timm_block_outputs(vit, x) -> list:
 def timm_block_outputs():
     """``(vit, x) -> [block outputs]`` of a timm VisionTransformer, for parity checks against our backbone."""
     return _timm_block_outputs
+
+
+def _write_release_rpe_coordinate_checkpoint(path: Path) -> Path:
+    """A release-format AdPE RPE-coordinate pretraining checkpoint at ``path``: the MAE+ RPE fixture's weights
+    plus the per-layer ``adv_shift`` (delta) and ``no_shift`` tensors, ``args.adv_type`` 2."""
+    import argparse
+
+    import torch
+
+    from adpe.checkpoint import load_checkpoint_file
+
+    release = load_checkpoint_file(Path(__file__).parent / "fixtures" / "official_adpe_pretrain_mae_plus_rpe_tiny.pth")
+    state = dict(release["model"])
+    for prefix, depth in (("blocks", 4), ("decoder_blocks", 1)):
+        for i in range(depth):
+            state[f"{prefix}.{i}.attn.rpe_k.adv_shift"] = torch.randn(2)
+            state[f"{prefix}.{i}.attn.rpe_k.no_shift"] = torch.zeros(2)
+    args = argparse.Namespace(**{**vars(release["args"]), "adv_type": 2, "norm": 1})
+    torch.save({"model": state, "args": args, "epoch": 399}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def release_rpe_coordinate_checkpoint():
+    """``path -> path``: writes a release-format RPE-coordinate checkpoint there (the paper's headline variant)."""
+    return _write_release_rpe_coordinate_checkpoint

@@ -96,20 +96,11 @@ def test_rpe_coordinate_checkpoint_selects_continuous_lookup(tmp_path):
     assert (backbone.rel_pos, backbone.rpe_lookup) == ("irpe", "continuous")
 
 
-def test_release_rpe_coordinate_checkpoint_loads_with_auto_settings(tmp_path):
+def test_release_rpe_coordinate_checkpoint_loads_with_auto_settings(tmp_path, release_rpe_coordinate_checkpoint):
     """The paper's headline variant: per-layer adv_shift (delta) and no_shift tensors are dropped on purpose,
     'auto' picks the iRPE tables and the continuous lookup."""
-    import argparse
-
-    release = adpe.checkpoint.load_checkpoint_file(FIXTURES / "official_adpe_pretrain_mae_plus_rpe_tiny.pth")
-    state = dict(release["model"])
-    for prefix, depth in (("blocks", 4), ("decoder_blocks", 1)):
-        for i in range(depth):
-            state[f"{prefix}.{i}.attn.rpe_k.adv_shift"] = torch.randn(2)
-            state[f"{prefix}.{i}.attn.rpe_k.no_shift"] = torch.zeros(2)
-    args = argparse.Namespace(**{**vars(release["args"]), "adv_type": 2, "norm": 1})
-    path = tmp_path / "release_rpe_coord.pth"
-    torch.save({"model": state, "args": args, "epoch": 399}, path)
+    path = release_rpe_coordinate_checkpoint(tmp_path / "release_rpe_coord.pth")
+    state = adpe.checkpoint.load_checkpoint_file(path)["model"]
     backbone = build_backbone(rel_pos="auto", rpe_lookup="auto", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
     assert (backbone.rel_pos, backbone.rpe_lookup) == ("irpe", "continuous")
     for i in range(4):

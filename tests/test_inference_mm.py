@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -27,7 +26,7 @@ from mmengine.runner import load_checkpoint  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
 from adpe.backbone import STRUCTURE_KEY  # noqa: E402
-from adpe.checkpoint import CheckpointMismatchError, load_checkpoint_file  # noqa: E402
+from adpe.checkpoint import CheckpointMismatchError  # noqa: E402
 from adpe.mm.inference import trained_model_config  # noqa: E402
 from adpe.mm.transfer import ResolvedBackboneHook  # noqa: E402
 
@@ -37,19 +36,6 @@ SEG_CONFIG = ROOT / "benchmarks/ade20k/upernet_adpe_vit_tiny_demo.py"
 DET_CONFIG = ROOT / "benchmarks/coco/mask_rcnn_adpe_vit_tiny_demo.py"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 RPE_CONTINUOUS = {"rel_pos": "irpe", "rpe_lookup": "continuous", "rpe_query_scale": False}
-
-
-def release_rpe_coordinate_checkpoint(path: Path) -> Path:
-    """A release-format AdPE RPE-coordinate pretraining checkpoint (as tests/test_ade20k_mm.py makes one)."""
-    release = load_checkpoint_file(FIXTURES / "official_adpe_pretrain_mae_plus_rpe_tiny.pth")
-    state = dict(release["model"])
-    for prefix, depth in (("blocks", 4), ("decoder_blocks", 1)):
-        for i in range(depth):
-            state[f"{prefix}.{i}.attn.rpe_k.adv_shift"] = torch.randn(2)
-            state[f"{prefix}.{i}.attn.rpe_k.no_shift"] = torch.zeros(2)
-    args = argparse.Namespace(**{**vars(release["args"]), "adv_type": 2, "norm": 1})
-    torch.save({"model": state, "args": args, "epoch": 399}, path)
-    return path
 
 
 def save_trained(model, cfg: Config, work: Path, dataset_meta: dict) -> SimpleNamespace:
@@ -67,7 +53,7 @@ def save_trained(model, cfg: Config, work: Path, dataset_meta: dict) -> SimpleNa
 
 
 @pytest.fixture(scope="module")
-def seg_run(tmp_path_factory):
+def seg_run(tmp_path_factory, release_rpe_coordinate_checkpoint):
     """A tiny UperNet fine-tuned (untrained heads) from an RPE-coordinate release checkpoint."""
     from mmseg.datasets import ADE20KDataset
 
