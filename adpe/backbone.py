@@ -1,4 +1,4 @@
-"""ViT backbone for transfer: segmentation (UperNet) and detection (ViTDet-style Mask R-CNN) modes.
+"""ViT backbone for transfer: classification, segmentation (UperNet) and detection (ViTDet-style Mask R-CNN) modes.
 
 Parameter names match the pretraining model and MAE / AdPE releases (``patch_embed.proj``, ``cls_token``,
 ``pos_embed``, ``blocks.N.*``, ``blocks.N.attn.rpe_k.lookup_table_weight``), so converted checkpoints load
@@ -7,6 +7,11 @@ strictly.
 * seg mode: cls token kept through the blocks; the maps of ``out_indices`` blocks are returned.
 * det mode: no cls token; window attention with a few global blocks; the last block's map is returned
   (stride 16) for a simple feature pyramid.
+* cls mode: one pooled feature (B, D) for an ImageNet head. ``pool='avg'`` averages the patch tokens and
+  normalises the mean with ``fc_norm`` (MAE's and the release's fine-tuning ViT, timm's ``global_pool='avg'``);
+  ``pool='cls'`` takes the cls token after the final norm (MAE's linear probe). The cls token is optional with
+  average pooling (``class_token=False``). ``frozen=True`` fixes every weight and keeps the blocks in eval mode
+  (linear probing).
 Positions: the sin-cos APE (a learnable table, resampled bicubically to the input grid), plus optionally
 ``rel_pos='bias'`` (zero-initialised learned biases: BEiT-style in seg mode, ViTDet's decomposed one in det
 mode) or ``rel_pos='irpe'`` (the pretrained iRPE tables, discrete or continuous lookup).
@@ -89,14 +94,35 @@ def check_loaded_structure(module: ViTBackbone, state_dict: dict, prefix: str, *
             f"--cfg-options {fix}")
 
 
+MODES = ("cls", "seg", "det")
+POOLS = ("avg", "cls")
+
+
+def _class_token(mode: str, pool: str, requested: bool | None) -> bool:
+    """Whether the token sequence starts with a cls token: always in seg mode (its maps follow the release's
+    fine-tuning ViT), never in det mode (ViTDet), by default in cls mode, where only average pooling can do
+    without it."""
+    fixed = {"seg": True, "det": False}.get(mode)
+    needed = mode == "cls" and pool == "cls"
+    wanted = (fixed if fixed is not None else True) if requested is None else bool(requested)
+    if (fixed is not None and wanted != fixed) or (needed and not wanted):
+        raise ValueError(f"class_token={requested} is not possible in {mode!r} mode"
+                         + (f" with pool={pool!r}" if mode == "cls" else "")
+                         + ": seg mode always has a cls token, det mode never, cls mode needs one for pool='cls'")
+    return wanted
+
+
 class ViTBackbone(nn.Module):
     """ViT-{tiny,base,large,huge} backbone.
 
     Args:
         size: a key of ``adpe.vit.SIZES``.
         img_size: training input (h, w): sets the stored APE grid and the grids of learned biases.
-        mode: 'seg' or 'det' (see the module docstring).
-        out_indices: blocks whose outputs are returned (seg mode; det mode returns the last block).
+        mode: 'cls', 'seg' or 'det' (see the module docstring).
+        out_indices: blocks whose outputs are returned (seg mode; the other modes use the last block).
+        pool, class_token: cls mode's pooled feature, 'avg' (fc_norm of the mean patch token) or 'cls' (the
+            normalised cls token), and whether the sequence has a cls token (seg mode: always; det mode: never).
+        frozen: no weight is trained and the blocks stay in eval mode (cls-mode linear probing).
         rel_pos: 'none', 'bias' or 'irpe'; rpe_lookup: 'discrete' or 'continuous' (models pretrained in RPE
             coordinate mode use 'continuous').
         rpe_query_scale: iRPE term ``q . r`` with the query scaled by head_dim^-1/2, as the tables were
@@ -105,7 +131,7 @@ class ViTBackbone(nn.Module):
         window_size, global_blocks: det mode window attention (0 = all global).
         drop_path_rate: stochastic depth, increasing linearly to this value over the blocks.
         use_checkpoint: activation checkpointing of every block while training (saves memory).
-        final_norm: apply the final LayerNorm to the returned maps' last block.
+        final_norm: apply the final LayerNorm to the returned maps' last block (seg / det modes).
     """
 
     def __init__(
@@ -114,8 +140,11 @@ class ViTBackbone(nn.Module):
         *,
         img_size: int | tuple[int, int] = 512,
         in_chans: int = 3,
-        mode: Literal["seg", "det"] = "seg",
+        mode: Literal["cls", "seg", "det"] = "seg",
         out_indices: tuple[int, ...] = (3, 5, 7, 11),
+        pool: Literal["avg", "cls"] = "avg",
+        class_token: bool | None = None,
+        frozen: bool = False,
         rel_pos: Literal["none", "bias", "irpe"] = "none",
         rpe_lookup: Literal["discrete", "continuous"] = "discrete",
         rpe_query_scale: bool = False,
@@ -128,9 +157,11 @@ class ViTBackbone(nn.Module):
         **size_overrides,
     ):
         super().__init__()
-        if mode not in ("seg", "det") or rel_pos not in ("none", "bias", "irpe"):
-            raise ValueError(f"mode must be 'seg'/'det' and rel_pos 'none'/'bias'/'irpe', got {mode!r}/{rel_pos!r}")
+        if mode not in MODES or rel_pos not in REL_POS_KINDS or pool not in POOLS:
+            raise ValueError(f"mode must be one of {MODES}, rel_pos one of {REL_POS_KINDS} and pool one of {POOLS}; "
+                             f"got {mode!r}, {rel_pos!r}, {pool!r}")
         check_lookup_kind(rpe_lookup)
+        self.class_token = _class_token(mode, pool, class_token)
         dims = vit_size(size, **size_overrides)
         self.dims, self.mode, self.rel_pos, self.rpe_lookup = dims, mode, rel_pos, rpe_lookup
         self.rpe_query_scale = bool(rpe_query_scale)
@@ -140,6 +171,7 @@ class ViTBackbone(nn.Module):
         self.embed_dim, self.patch_size = dims.embed_dim, dims.patch_size
         img_size = _pair(img_size)
         self.grid = (img_size[0] // dims.patch_size, img_size[1] // dims.patch_size)
+        self.pool = pool
         self.out_indices = tuple(out_indices) if mode == "seg" else (dims.depth - 1,)
         if any(not 0 <= i < dims.depth for i in self.out_indices):
             raise ValueError(f"out_indices {self.out_indices} must lie in [0, {dims.depth})")
@@ -147,18 +179,28 @@ class ViTBackbone(nn.Module):
         self._lookups: dict[tuple, RelPos] = {}  # (h, w, rpe_lookup, device) -> the unperturbed iRPE input
 
         self.patch_embed = PatchEmbed(img_size, dims.patch_size, in_chans, dims.embed_dim, strict_img_size=False)
-        if mode == "seg":
+        if self.class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, dims.embed_dim))
         self.pos_embed = nn.Parameter(sincos_2d_table(*self.grid, dims.embed_dim)[None])
         rates = torch.linspace(0, drop_path_rate, dims.depth).tolist()
         self.blocks = nn.ModuleList(
             self._block(i, rates[i], mlp_ratio, window_size, global_blocks) for i in range(dims.depth)
         )
+        final_norm = (pool == "cls") if mode == "cls" else final_norm
         self.norm = LayerNorm(dims.embed_dim) if final_norm else None
+        self.fc_norm = LayerNorm(dims.embed_dim) if mode == "cls" and pool == "avg" else None
         self.apply(init_mae_weights)  # MAE's scheme, for rows trained without a pretrained checkpoint
         init_patch_embed_(self.patch_embed.proj)
-        if mode == "seg":
+        if self.class_token:
             nn.init.normal_(self.cls_token, std=0.02)
+        self.frozen = frozen
+        if frozen:
+            self.requires_grad_(False)
+            self.train(False)
+
+    def train(self, mode: bool = True) -> ViTBackbone:
+        """A frozen backbone stays in eval mode (no drop path), whatever its parent's mode."""
+        return super().train(mode and not getattr(self, "frozen", False))
 
     def _block(self, index, drop_path, mlp_ratio, window_size, global_blocks) -> Block:
         dims = self.dims
@@ -166,8 +208,8 @@ class ViTBackbone(nn.Module):
         grid = (window_size, window_size) if windowed else self.grid
         rel_bias = None
         if self.rel_pos == "bias":
-            rel_bias = (RelPosBias(grid, dims.num_heads) if self.mode == "seg"
-                        else DecomposedRelPos(grid, dims.embed_dim // dims.num_heads))
+            rel_bias = (DecomposedRelPos(grid, dims.embed_dim // dims.num_heads) if self.mode == "det"
+                        else RelPosBias(grid, dims.num_heads, cls_token=self.class_token))
         return Block(dims.embed_dim, dims.num_heads, mlp_ratio, drop_path=drop_path,
                      rpe=self.rel_pos == "irpe", rpe_query_scale=self.rpe_query_scale, rel_bias=rel_bias,
                      window_size=window_size if windowed else 0)
@@ -211,20 +253,21 @@ class ViTBackbone(nn.Module):
         for h, w in grids:
             key = (h, w, self.rpe_lookup, str(device))
             if key not in self._lookups:
-                self._lookups[key] = RelPos(grid_lookup(h, w, self.rpe_lookup, cls_token=self.mode == "seg",
+                self._lookups[key] = RelPos(grid_lookup(h, w, self.rpe_lookup, cls_token=self.class_token,
                                                         device=device))
             inputs[(h, w)] = self._lookups[key]
         return inputs
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        """x: (B, C, H, W) with H, W multiples of the patch size -> maps (B, D, H/p, W/p), one per output."""
+        """x: (B, C, H, W) with H, W multiples of the patch size -> maps (B, D, H/p, W/p), one per output; in cls
+        mode the one pooled feature (B, D)."""
         b, _, height, width = x.shape
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"input {height}x{width} is not a multiple of the patch size {self.patch_size}")
         grid = (height // self.patch_size, width // self.patch_size)
         pos = self._positions(grid)
         x = self.patch_embed(x) + pos[:, 1:]
-        if self.mode == "seg":
+        if self.class_token:
             x = torch.cat([(self.cls_token + pos[:, :1]).expand(b, -1, -1), x], dim=1)
         irpe = self._irpe_inputs(grid, x.device) if self.rel_pos == "irpe" else {}
         outputs = []
@@ -236,10 +279,18 @@ class ViTBackbone(nn.Module):
             else:
                 x = block(x, rel_pos, grid)
             if index in self.out_indices:
-                y = self.norm(x) if self.norm is not None and index == len(self.blocks) - 1 else x
-                y = y[:, 1:] if self.mode == "seg" else y
-                outputs.append(y.transpose(1, 2).reshape(b, self.embed_dim, *grid))
+                outputs.append(self._output(x, index, grid))
         return tuple(outputs)
+
+    def _output(self, x: Tensor, index: int, grid: tuple[int, int]) -> Tensor:
+        """Block ``index``'s tokens (B, N, D) -> the pooled feature (B, D) in cls mode, else the map (B, D, h, w)."""
+        if self.mode == "cls":
+            if self.pool == "cls":
+                return self.norm(x)[:, 0]
+            return self.fc_norm(x[:, int(self.class_token):].mean(dim=1))
+        y = self.norm(x) if self.norm is not None and index == len(self.blocks) - 1 else x
+        y = y[:, int(self.class_token):]
+        return y.transpose(1, 2).reshape(x.shape[0], self.embed_dim, *grid)
 
 
 def block_outputs(backbone: ViTBackbone, x: Tensor) -> list[Tensor]:

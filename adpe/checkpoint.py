@@ -239,7 +239,6 @@ DROPPED_ON_PURPOSE = (
     (re.compile(r"^neck\.(decoder_|mask_token$|ln1\.)"), "pretraining decoder (mmpretrain's MAE neck)"),
     (re.compile(r"^mask_token$"), "pretraining mask token"),
     (re.compile(r"^(head|attn_pool)\."), "classification head (dense transfer trains its own heads)"),
-    (re.compile(r"^fc_norm\."), "norm of the pooled classification feature (timm fc_norm, mmpretrain ln2)"),
     (re.compile(r"^adversary\."), "adversarial positions (pretraining only)"),
     (re.compile(r"(^|\.)adv_(token|shift)$"), "adversarial positions of the official release (pretraining only)"),
     (re.compile(r"\.rpe_k\.no_shift$"), "the release's constant zero shift of unperturbed RPE lookups"),
@@ -354,9 +353,10 @@ def to_backbone_state(ckpt: dict) -> tuple[dict[str, torch.Tensor], dict[str, st
 def fit_to_backbone(state: dict, backbone: torch.nn.Module) -> tuple[dict, dict[str, str]]:
     """Adapt converted weights to ``backbone`` (an ``adpe.backbone.ViTBackbone``) and check them strictly.
 
-    Resamples the APE table to the backbone's grid; drops the cls token for detection mode and the final norm
-    when the backbone has none (both on purpose, reported); zero-initialised learned relative biases may be
-    absent. Any other missing, unexpected or mis-shaped key raises CheckpointMismatchError naming the keys.
+    Resamples the APE table to the backbone's grid; drops the cls token, the final norm and the pooled-feature
+    norm (``fc_norm``) when the backbone has none (on purpose, reported); zero-initialised learned relative
+    biases and a fresh ``fc_norm`` (classification from a pretraining checkpoint) may be absent. Any other
+    missing, unexpected or mis-shaped key raises CheckpointMismatchError naming the keys.
     """
     state, dropped = dict(state), {}
     target = backbone.state_dict()
@@ -366,10 +366,12 @@ def fit_to_backbone(state: dict, backbone: torch.nn.Module) -> tuple[dict, dict[
             f"embed width mismatch: the checkpoint's ViT is {width.shape[0]}-d, the backbone "
             f"{backbone.embed_dim}-d; pick the backbone size that matches the pretrained model "
             "(e.g. model.backbone.size='base' for 768)")
-    for key, reason in (("cls_token", "detection mode uses no cls token"),
-                        ("norm.weight", "final norm unused (final_norm=False)"),
-                        ("norm.bias", "final norm unused (final_norm=False)")):
-        if key in state and key not in target:
+    unused = {"cls_token": "the backbone has no cls token (det mode, or class_token=False)",
+              "norm.": "final norm unused (final_norm=False, or average pooling with fc_norm)",
+              "fc_norm.": "norm of the pooled classification feature (used in cls mode with pool='avg' only)"}
+    for key in list(state):
+        reason = next((why for name, why in unused.items() if key == name or key.startswith(name)), None)
+        if reason and key not in target:
             state.pop(key)
             dropped[key] = reason
     if "pos_embed" in state:
@@ -378,7 +380,7 @@ def fit_to_backbone(state: dict, backbone: torch.nn.Module) -> tuple[dict, dict[
         if side * side + 1 != old.shape[1]:
             raise CheckpointMismatchError(f"pos_embed {tuple(old.shape)} is not a square grid plus a cls slot")
         state["pos_embed"] = resample_pos_embed(old.float(), (side, side), backbone.grid)
-    optional = {k for k in target if ".rel_bias." in k} | {STRUCTURE_KEY}
+    optional = {k for k in target if ".rel_bias." in k or k.startswith("fc_norm.")} | {STRUCTURE_KEY}
     problems = state_mismatch(state, target, optional)
     if problems:
         hint = ""

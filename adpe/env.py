@@ -33,7 +33,7 @@ def collect_env() -> dict[str, str]:
         "platform": platform.platform(),
         "adpe": _version("adpe"),
     }
-    for module in ("torch", "torchvision", "timm", "numpy", "cv2", "mmengine", "mmcv", "mmseg", "mmdet",
+    for module in ("torch", "torchvision", "timm", "numpy", "cv2", "mmengine", "mmcv", "mmseg", "mmdet", "mmpretrain",
                    "pycocotools", "setuptools"):
         info[module] = _version(module)
     info["mmcv.ops"] = _mmcv_ops()

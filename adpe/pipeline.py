@@ -1,12 +1,15 @@
-"""End-to-end pipeline: pretrain -> export -> ADE20K train/test -> COCO train/test -> report.
+"""End-to-end pipeline: pretrain -> export -> ADE20K / COCO / ImageNet train and test, linear probes -> report.
 
 python tools/pipeline.py --config tools/demo_pipeline.yaml [--dry-run] [--only VARIANT ...] [--stages ...]
                           [--launcher slurm --partition P [--gpus-per-node 8] [--sbatch-args "..."]]
 
 The YAML config names the work dir, the data folders, the GPU count (one for every stage, or one per stage:
-``gpus: {pretrain: 32, ade20k: 8, coco: 8}``) and the variants (see tools/demo_pipeline.yaml and
-tools/pipeline_vitb.yaml). Each stage writes a ``.done`` marker when it succeeds; a re-run skips finished
-stages, and an interrupted stage resumes from its newest checkpoint (the configs set ``resume = True``).
+``gpus: {pretrain: 32, ade20k: 8, coco: 8, imagenet: 8, linear_probe: 8}``), the variants and the transfer tasks
+(see tools/demo_pipeline.yaml and tools/pipeline_vitb.yaml): ``ade20k`` / ``coco`` {config, cfg_options, and for
+ADE20K ``tta: true`` to add the multi-scale + flip test}, ``imagenet`` {``finetune``: {config, cfg_options},
+``linear_probe``: {config, cfg_options, seeds: [0, 1, 2]}} -- one probe per seed, which the report averages.
+Each stage writes a ``.done`` marker when it succeeds; a re-run skips finished stages, and an interrupted stage
+resumes from its newest checkpoint (the configs set ``resume = True``).
 ``--dry-run`` prints every command instead of running it.
 
 By default the stages run here, one after the other. ``--launcher slurm`` submits each stage as an ``sbatch``
@@ -26,11 +29,12 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from adpe.report.records import RUN_FILE, RunInfo
+from adpe.report.records import RUN_FILE, SEED_DIR, RunInfo
 
 # The checkout: every stage runs a script of tools/ from here, with relative paths as in the YAML configs.
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("data", "pretrain", "export", "reconstruction", "ade20k", "ade20k_test", "coco", "coco_test", "report")
+STAGES = ("data", "pretrain", "export", "reconstruction", "ade20k", "ade20k_test", "ade20k_tta", "coco", "coco_test",
+          "imagenet", "imagenet_test", "linear_probe", "linear_probe_test", "report")
 # Lines of a stage's output echoed to the console (everything goes to the stage's log).
 PROGRESS_MARKERS = ("- INFO - Epoch(train)", "- INFO - Iter(train)", "- INFO - Iter(val) [", "_mAP_copypaste",
                     "Error", "Traceback", "[adpe]")
@@ -48,6 +52,7 @@ class PipelineConfig:
     variants: list[RunInfo]
     ade20k: dict = field(default_factory=dict)
     coco: dict = field(default_factory=dict)
+    imagenet: dict = field(default_factory=dict)
     amp: bool = False
 
     @classmethod
@@ -61,8 +66,12 @@ class PipelineConfig:
                         for v in raw["variants"]]
             gpus = raw.get("gpus", 1)
             gpus = {str(k): int(v) for k, v in gpus.items()} if isinstance(gpus, dict) else int(gpus)
-            return cls(Path(raw["work_dir"]), gpus, raw["data"], variants,
-                       raw.get("ade20k", {}), raw.get("coco", {}), bool(raw.get("amp", False)))
+            imagenet = raw.get("imagenet") or {}
+            unknown = set(imagenet) - {"finetune", "linear_probe"}
+            if unknown:
+                raise ValueError(f"imagenet: unknown entries {sorted(unknown)} (finetune, linear_probe)")
+            return cls(Path(raw["work_dir"]), gpus, raw["data"], variants, raw.get("ade20k") or {},
+                       raw.get("coco") or {}, imagenet, bool(raw.get("amp", False)))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise SystemExit(f"{path}: malformed pipeline config ({err!r}); see tools/demo_pipeline.yaml") from err
 
@@ -71,7 +80,7 @@ class PipelineConfig:
         the stage, a test stage falling back to its training stage's (``coco_test`` -> ``coco``)."""
         if isinstance(self.gpus, int):
             return self.gpus
-        for key in (stage, stage.removesuffix("_test")):
+        for key in (stage, stage.removesuffix("_test").removesuffix("_tta")):
             if key in self.gpus:
                 return self.gpus[key]
         raise SystemExit(f"[pipeline] gpus has no entry for the {stage!r} stage: give one per stage, e.g. "
@@ -104,6 +113,7 @@ class Step:
     variant: str | None
     command: list
     work_dir: Path  # holds the stage's .done marker and log
+    seed: int | None = None  # a linear probe's seed (its own work dir)
 
     @property
     def marker(self) -> Path:
@@ -119,28 +129,44 @@ class Step:
         return [p.resolve() if isinstance(p, LatestCheckpoint) else str(p) for p in self.command]
 
 
-def transfer_steps(cfg: PipelineConfig, variant: RunInfo, task: str, backbone: Path | None) -> list[Step]:
-    """Train and test steps of ``task`` ("ade20k" or "coco") from ``backbone`` (None: random init)."""
-    spec = getattr(cfg, task)
-    if not spec:
-        return []
-    work = cfg.work_dir / variant.name / task
-    data = cfg.data[task]
+def transfer_steps(cfg: PipelineConfig, variant: RunInfo, task: str, backbone: Path | None, spec: dict,
+                   work: Path, seed: int | None = None) -> list[Step]:
+    """Train and test steps of ``task`` ("ade20k", "coco", "imagenet" or "linear_probe") in ``work``, from
+    ``backbone`` (None: random init), as ``spec`` {config, cfg_options, tta} says; ``seed``: the run's
+    ``randomness.seed``."""
+    data = cfg.data["imagenet" if task == "linear_probe" else task]
     options = [f"{loader}.dataset.data_root={data}/" for loader in
                ("train_dataloader", "val_dataloader", "test_dataloader")]
     if task == "coco":
         ann = f"{data}/annotations/instances_val2017.json"
         options += [f"val_evaluator.ann_file={ann}", f"test_evaluator.ann_file={ann}"]
     options += list(spec.get("cfg_options", []))
+    if seed is not None:
+        options.append(f"randomness.seed={seed}")
     init = [f"model.backbone.init_cfg.checkpoint={backbone}"] if backbone else ["model.backbone.init_cfg=None"]
     amp = ["--amp"] if cfg.amp else []
     train = Step(task, variant.name, ["bash", "tools/dist_train.sh", spec["config"], str(cfg.gpus_for(task)),
-                                      "--work-dir", str(work), *amp, "--cfg-options", *init, *options], work)
-    test = Step(f"{task}_test", variant.name, ["bash", "tools/dist_test.sh", spec["config"],
-                                               LatestCheckpoint(work), str(cfg.gpus_for(f"{task}_test")),
-                                               "--work-dir", str(work),
-                                               "--cfg-options", *options], work)
-    return [train, test]
+                                      "--work-dir", str(work), *amp, "--cfg-options", *init, *options], work, seed)
+    tests = [(f"{task}_test", [])] + ([(f"{task}_tta", ["--tta"])] if spec.get("tta") else [])
+    return [train] + [Step(stage, variant.name, ["bash", "tools/dist_test.sh", spec["config"], LatestCheckpoint(work),
+                                                 str(cfg.gpus_for(stage)), "--work-dir", str(work), *flags,
+                                                 "--cfg-options", *options], work, seed)
+                      for stage, flags in tests]
+
+
+def variant_transfer_steps(cfg: PipelineConfig, variant: RunInfo, backbone: Path | None) -> list[Step]:
+    """Every transfer task of the config for one variant: ADE20K, COCO, ImageNet fine-tuning, then the linear
+    probes (one work dir ``linear_probe/seed_N`` per seed)."""
+    vdir = cfg.work_dir / variant.name
+    steps = []
+    for task, spec in (("ade20k", cfg.ade20k), ("coco", cfg.coco), ("imagenet", cfg.imagenet.get("finetune"))):
+        if spec:
+            steps += transfer_steps(cfg, variant, task, backbone, spec, vdir / task)
+    probe = cfg.imagenet.get("linear_probe")
+    for seed in (probe or {}).get("seeds", [0]) if probe else []:
+        steps += transfer_steps(cfg, variant, "linear_probe", backbone, probe,
+                                vdir / "linear_probe" / SEED_DIR.format(seed), seed)
+    return steps
 
 
 def plan(cfg: PipelineConfig) -> list[Step]:
@@ -166,8 +192,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
             steps.append(Step("reconstruction", variant.name, [
                 py, "tools/visualize_reconstruction.py", LatestCheckpoint(pre), "--images", cfg.data["imagenet"],
                 "--out", str(vdir / "reconstruction.png")], vdir))
-        steps += transfer_steps(cfg, variant, "ade20k", backbone)
-        steps += transfer_steps(cfg, variant, "coco", backbone)
+        steps += variant_transfer_steps(cfg, variant, backbone)
     steps.append(Step("report", None, [py, "tools/report.py", str(cfg.work_dir), "--out",
                                        str(cfg.work_dir / "report")], cfg.work_dir))
     return steps
@@ -217,8 +242,10 @@ def run_step(step: Step, index: int, total: int, started: float) -> None:
 # What a stage reads from earlier stages (of its own variant, or the shared data stage): a Slurm job waits for
 # these when they are submitted with it. The report waits for every other job.
 PREDECESSORS = {"pretrain": ("data",), "export": ("pretrain",), "reconstruction": ("pretrain",),
-                "ade20k": ("data", "export"), "ade20k_test": ("ade20k",),
-                "coco": ("data", "export"), "coco_test": ("coco",)}
+                "ade20k": ("data", "export"), "ade20k_test": ("ade20k",), "ade20k_tta": ("ade20k",),
+                "coco": ("data", "export"), "coco_test": ("coco",),
+                "imagenet": ("data", "export"), "imagenet_test": ("imagenet",),
+                "linear_probe": ("data", "export"), "linear_probe_test": ("linear_probe",)}
 # Our torchrun launchers -> their Slurm twins, and how many positional arguments come before GPUS in the
 # torchrun launcher's command line (dist_test.sh CONFIG CHECKPOINT GPUS ...; the others CONFIG GPUS ...).
 SLURM_LAUNCHERS = {"tools/pretrain.sh": ("tools/slurm_pretrain.sh", 1),
@@ -227,11 +254,12 @@ SLURM_LAUNCHERS = {"tools/pretrain.sh": ("tools/slurm_pretrain.sh", 1),
 
 
 def predecessors(step: Step, steps: list[Step]) -> list[Step]:
-    """The steps of ``steps`` that ``step`` reads from (``PREDECESSORS``); for the report, all others."""
+    """The steps of ``steps`` that ``step`` reads from (``PREDECESSORS``; a probe's test, its own seed's training);
+    for the report, all others."""
     if step.stage == "report":
         return [s for s in steps if s is not step]
     wanted = PREDECESSORS.get(step.stage, ())
-    return [s for s in steps if s.stage in wanted and s.variant in (step.variant, None)]
+    return [s for s in steps if s.stage in wanted and s.variant in (step.variant, None) and s.seed in (step.seed, None)]
 
 
 @dataclass(frozen=True)
@@ -298,7 +326,8 @@ def submit(steps: list[Step], slurm: Slurm, work_dir: Path, dry_run: bool) -> No
             print(f"# {who}{step.stage}: done before, skipped")
             continue
         after = [jobs[id(s)] for s in predecessors(step, steps) if id(s) in jobs]
-        argv = slurm.sbatch(step, ".".join(filter(None, (work_dir.name, step.variant, step.stage))), after)
+        seed = None if step.seed is None else f"seed{step.seed}"
+        argv = slurm.sbatch(step, ".".join(filter(None, (work_dir.name, step.variant, step.stage, seed))), after)
         if dry_run:
             jobs[id(step)] = f"$J{len(jobs) + 1}"
             print(f"J{len(jobs)}=$({sbatch_line(argv)})")

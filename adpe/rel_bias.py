@@ -16,15 +16,16 @@ from torch import Tensor, nn
 
 
 class RelPosBias(nn.Module):
-    """Per-head learned bias for a fixed grid with a cls token first: logits (1, H, 1+h*w, 1+h*w)."""
+    """Per-head learned bias for a fixed grid, with a cls token first or none: logits (1, H, N, N), N = [1 +] h*w."""
 
-    def __init__(self, grid: tuple[int, int], num_heads: int):
+    def __init__(self, grid: tuple[int, int], num_heads: int, cls_token: bool = True):
         super().__init__()
         self.grid = tuple(grid)
-        entries = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
+        entries = (2 * grid[0] - 1) * (2 * grid[1] - 1) + (3 if cls_token else 0)
         self.table = nn.Parameter(torch.zeros(entries, num_heads))
-        # (1 + h*w)^2 indices; the table's last three entries are cls->token, token->cls and cls->cls
-        self.register_buffer("index", gen_relative_position_index(self.grid, class_token=True), persistent=False)
+        # N^2 indices; with a cls token the table's last three entries are cls->token, token->cls and cls->cls
+        self.register_buffer("index", gen_relative_position_index(self.grid, class_token=cls_token),
+                             persistent=False)
 
     def forward(self, q: Tensor, grid: tuple[int, int]) -> Tensor:
         if tuple(grid) != self.grid:

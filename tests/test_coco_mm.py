@@ -45,8 +45,9 @@ def test_rpe_release_loads_into_detection_backbone_with_explained_keys_only():
     state, dropped = to_backbone_state(ckpt)
     fitted, adapted = fit_to_backbone(state, backbone)
     reasons = set(dropped.values()) | set(adapted.values())
-    assert reasons == {"pretraining decoder", "pretraining mask token", "detection mode uses no cls token",
-                       "final norm unused (final_norm=False)"}
+    assert reasons == {"pretraining decoder", "pretraining mask token",
+                       "the backbone has no cls token (det mode, or class_token=False)",
+                       "final norm unused (final_norm=False, or average pooling with fc_norm)"}
     # every key but the structure record, which a pretraining checkpoint does not have
     assert set(fitted) | {STRUCTURE_KEY} == set(backbone.state_dict())
     backbone.init_weights()

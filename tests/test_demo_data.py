@@ -306,3 +306,49 @@ def test_mmdet_coco_dataset_loads(tmp_path):
     assert Path(info["img_path"]).is_file()
     assert {inst["bbox_label"] for i in range(len(ds)) for inst in ds.get_data_info(i)["instances"]} <= set(
         range(len(dd.CLASSES)))
+
+
+def _colour_histogram(rgb: np.ndarray) -> np.ndarray:
+    """A 12-bin hue histogram (normalised) of an image's saturated pixels: the objects' colours (backgrounds are
+    muted)."""
+    hsv = np.asarray(Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).convert("HSV")).reshape(-1, 3)
+    hue = hsv[hsv[:, 1] > 140, 0].astype(int) * 12 // 256
+    hist = np.bincount(hue, minlength=12).astype(float)
+    return hist / max(hist.sum(), 1.0)
+
+
+def _split_histograms(folder) -> tuple[np.ndarray, np.ndarray]:
+    """Colour histograms and class indices of the images of an ImageNet-layout split."""
+    features, labels = [], []
+    for cid, name in enumerate(dd.CLASSES):
+        for path in sorted((folder / name).iterdir()):
+            with Image.open(path) as im:
+                features.append(_colour_histogram(np.asarray(im.convert("RGB"))))
+            labels.append(cid)
+    return np.stack(features), np.array(labels)
+
+
+def _nearest_centroid_accuracy(train_x, train_y, test_x, test_y) -> float:
+    centroids = np.stack([train_x[train_y == c].mean(0) for c in range(len(dd.CLASSES))])
+    predicted = np.argmin(((test_x[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+    return float((predicted == test_y).mean())
+
+
+def test_imagenet_classes_are_not_told_apart_by_colour(tmp_path):
+    """Only shape separates the ImageNet classes: a nearest-centroid classifier on colour histograms stays near
+    chance (1/8) on the val split. The same classifier tells apart objects painted in their class colours (the
+    ADE20K / COCO appearance), so the check can fail."""
+    root = dd.write_imagenet(tmp_path / "imagenet", n_per_class=24, n_val_per_class=12, size=48)
+    train, val = _split_histograms(root / "train"), _split_histograms(root / "val")
+    assert _nearest_centroid_accuracy(*train, *val) < 0.3
+
+    rng = np.random.default_rng(0)
+    x, y = [], []
+    for cid in range(len(dd.CLASSES)):
+        for _ in range(24):
+            img, _ = dd._compose(rng, 48, [(cid, 24.0, 24.0, 16.0, 0.0)], class_appearance=True)
+            x.append(_colour_histogram(img))
+            y.append(cid)
+    x, y = np.stack(x), np.array(y)
+    first = np.arange(len(y)) % 24 < 12
+    assert _nearest_centroid_accuracy(x[first], y[first], x[~first], y[~first]) > 0.6

@@ -80,22 +80,50 @@ def _ade20k(variant_dir: Path, val_miou: list[tuple[int, float]], test_miou: flo
             "time": "2024-01-02T01:00:00", "commit": commit, "world_size": 1}))
 
 
-def _coco(variant_dir: Path, box: float, mask: float, commit: str) -> None:
+def _ade20k_tta(variant_dir: Path, miou: float) -> None:
+    (variant_dir / "ade20k" / "test_results_tta.json").write_text(json.dumps({
+        "config": "benchmarks/ade20k/upernet_demo.py", "metrics": {"aAcc": 30.0, "mIoU": miou}, "tta": True}))
+
+
+def _coco(variant_dir: Path, box: float, mask: float, commit: str, cascade: bool = False) -> None:
     stage = variant_dir / "coco"
     rows = [{"loss": 3.0, "loss_cls": 1.0, "step": 10},
             {"coco/bbox_mAP": box / 2, "coco/bbox_mAP_50": box, "coco/segm_mAP": mask / 2, "step": 1},
             {"loss": 2.5, "loss_cls": 0.8, "step": 20},
             {"coco/bbox_mAP": box, "coco/bbox_mAP_50": 2 * box, "coco/segm_mAP": mask, "step": 2}]
-    _write_timestamp(stage, "20240103_000000", rows, "model = dict(type='MaskRCNN')\n")
+    model = "model = dict(type='CascadeRCNN', roi_head=dict(type='CascadeRoIHead'))\n" if cascade else \
+        "model = dict(type='MaskRCNN')\n"
+    _write_timestamp(stage, "20240103_000000", rows, model)
     (stage / "test_results.json").write_text(json.dumps({
         "config": "benchmarks/coco/mask_rcnn_demo.py", "checkpoint": str(stage / "epoch_2.pth"),
         "metrics": {"coco/bbox_mAP": box, "coco/bbox_mAP_50": 2 * box, "coco/segm_mAP": mask},
         "time": "2024-01-03T01:00:00", "commit": commit, "world_size": 1}))
 
 
+def _classification(stage: Path, top1: float, config: str) -> None:
+    """An mmpretrain work dir: epoch-based validation rows and test_results.json."""
+    rows = [{"loss": 2.0, "step": 5}, {"accuracy/top1": top1 / 2, "accuracy/top5": 90.0, "step": 1},
+            {"loss": 1.0, "step": 10}, {"accuracy/top1": top1, "accuracy/top5": 95.0, "step": 2}]
+    _write_timestamp(stage, "20240104_000000", rows, "model = dict(type='ImageClassifier')\n")
+    (stage / "test_results.json").write_text(json.dumps({
+        "config": config, "checkpoint": str(stage / "epoch_2.pth"),
+        "metrics": {"accuracy/top1": top1, "accuracy/top5": 95.0}, "commit": "abc123", "world_size": 1}))
+
+
+def _probes(variant_dir: Path, top1: dict[int, float | None]) -> None:
+    """Linear probes per seed; None: a seed dir without test results (unfinished)."""
+    for seed, value in top1.items():
+        stage = variant_dir / "linear_probe" / f"seed_{seed}"
+        if value is None:
+            stage.mkdir(parents=True)
+        else:
+            _classification(stage, value, "benchmarks/imagenet/linear_probe_demo.py")
+
+
 def make_run(root: Path) -> Path:
-    """Three variants: a finished MAE+ baseline, a finished AdPE variant (resumed pretraining), and a variant
-    without run.json whose ADE20K stage is unfinished and whose COCO stage is missing."""
+    """Three variants: a finished MAE+ baseline (ImageNet fine-tuning and three probes), a finished AdPE variant
+    (resumed pretraining, ADE20K ms+flip, Cascade Mask R-CNN, two probes), and a variant without run.json whose
+    ADE20K stage and probes are unfinished and whose COCO stage is missing."""
     run = root / "run"
     run.mkdir()
     (run / "env.json").write_text(json.dumps(ENV))
@@ -108,6 +136,8 @@ def make_run(root: Path) -> Path:
     _pretrain(base, losses, dict(variant="mae_plus", position="ape", norm_pix_loss=True))
     _ade20k(base, [(20, 5.0), (40, 7.5)], 8.0, commit="abc123")
     _coco(base, 0.100, 0.090, commit="abc123")
+    _classification(base / "imagenet", 60.0, "benchmarks/imagenet/finetune_demo.py")
+    _probes(base, {0: 40.0, 1: 42.0, 2: 44.0})
 
     adpe = run / "adpe_ape_coord"
     adpe.mkdir()
@@ -121,7 +151,9 @@ def make_run(root: Path) -> Path:
     resumed = [(40, 0.6), (50, 0.55), (60, 0.5), (70, 0.45)]  # merged last 5: .8 .6 .55 .5 .45 -> 0.58
     _pretrain(adpe, resumed, model, ts="20240101_120000", adv=True)
     _ade20k(adpe, [(20, 6.0), (40, 9.0)], 10.0, commit="def456")
-    _coco(adpe, 0.123, 0.101, commit="def456")
+    _ade20k_tta(adpe, 10.5)
+    _coco(adpe, 0.123, 0.101, commit="def456", cascade=True)
+    _probes(adpe, {0: 50.0, 1: 53.0})
 
     partial = run / "adpe_rpe_embed"  # no run.json: the name is the folder's
     partial.mkdir()
@@ -129,47 +161,62 @@ def make_run(root: Path) -> Path:
     _pretrain(partial, losses, dict(variant="mae_plus", position="rpe", rpe_lookup="discrete",
                                     adversary="embedding"), adv=True)
     _ade20k(partial, [(20, 4.0)], None)
+    _probes(partial, {0: 30.0, 1: None})
     return run
 
 
 EXPECTED_CSV = [
     {"name": "adpe_ape_coord", "label": "AdPE APE coord", "baseline": "",
      "pretrain_variant": "mae_plus, ape, adversary=coordinate, size=tiny",
-     "ade20k_miou": "10.00", "ade20k_miou_delta": "+2.00", "coco_ap_box": "12.3", "coco_ap_box_delta": "+2.3",
-     "coco_ap_mask": "10.1", "coco_ap_mask_delta": "+1.1", "pretrain_loss": "0.5800",
-     "pretrain_loss_delta": "-0.0200", "pretrain_status": "finished", "ade20k_status": "finished",
-     "coco_status": "finished", "pretrain_config": "pretrain/demo/adpe_ape_coord.py",
+     "ade20k_miou": "10.00", "ade20k_miou_delta": "+2.00", "ade20k_miou_msflip": "10.50",
+     "ade20k_miou_msflip_delta": "n/a", "coco_ap_box": "12.3", "coco_ap_box_delta": "+2.3",
+     "coco_ap_mask": "10.1", "coco_ap_mask_delta": "+1.1", "imagenet_top1": "missing",
+     "imagenet_top1_delta": "missing", "linear_probe_top1": "51.5 ± 2.1", "linear_probe_top1_delta": "+9.5",
+     "pretrain_loss": "0.5800", "pretrain_loss_delta": "-0.0200", "pretrain_status": "finished",
+     "ade20k_status": "finished", "coco_status": "finished", "imagenet_status": "missing",
+     "linear_probe_status": "finished", "pretrain_config": "pretrain/demo/adpe_ape_coord.py",
      "ade20k_config": "benchmarks/ade20k/upernet_demo.py", "coco_config": "benchmarks/coco/mask_rcnn_demo.py",
-     "commit": "def456"},
+     "imagenet_config": "", "linear_probe_config": "benchmarks/imagenet/linear_probe_demo.py",
+     "commit": "def456/abc123"},
     {"name": "adpe_rpe_embed", "label": "adpe_rpe_embed", "baseline": "",
      "pretrain_variant": "mae_plus, rpe (discrete), adversary=embedding, size=tiny",
-     "ade20k_miou": "unfinished", "ade20k_miou_delta": "unfinished", "coco_ap_box": "missing",
-     "coco_ap_box_delta": "missing", "coco_ap_mask": "missing", "coco_ap_mask_delta": "missing",
+     "ade20k_miou": "unfinished", "ade20k_miou_delta": "unfinished", "ade20k_miou_msflip": "unfinished",
+     "ade20k_miou_msflip_delta": "unfinished", "coco_ap_box": "missing", "coco_ap_box_delta": "missing",
+     "coco_ap_mask": "missing", "coco_ap_mask_delta": "missing", "imagenet_top1": "missing",
+     "imagenet_top1_delta": "missing", "linear_probe_top1": "30.0", "linear_probe_top1_delta": "-12.0",
      "pretrain_loss": "0.9000", "pretrain_loss_delta": "+0.3000", "pretrain_status": "finished",
-     "ade20k_status": "unfinished", "coco_status": "missing", "pretrain_config": "", "ade20k_config": "",
-     "coco_config": "", "commit": ""},
+     "ade20k_status": "unfinished", "coco_status": "missing", "imagenet_status": "missing",
+     "linear_probe_status": "unfinished", "pretrain_config": "", "ade20k_config": "", "coco_config": "",
+     "imagenet_config": "", "linear_probe_config": "benchmarks/imagenet/linear_probe_demo.py", "commit": "abc123"},
     {"name": "mae_plus", "label": "MAE+ APE", "baseline": "yes",
      "pretrain_variant": "mae_plus, ape, adversary=none, size=tiny",
-     "ade20k_miou": "8.00", "ade20k_miou_delta": "baseline", "coco_ap_box": "10.0", "coco_ap_box_delta": "baseline",
-     "coco_ap_mask": "9.0", "coco_ap_mask_delta": "baseline", "pretrain_loss": "0.6000",
-     "pretrain_loss_delta": "baseline", "pretrain_status": "finished", "ade20k_status": "finished",
-     "coco_status": "finished", "pretrain_config": "pretrain/demo/mae_plus_ape.py",
+     "ade20k_miou": "8.00", "ade20k_miou_delta": "baseline", "ade20k_miou_msflip": "missing",
+     "ade20k_miou_msflip_delta": "missing", "coco_ap_box": "10.0", "coco_ap_box_delta": "baseline",
+     "coco_ap_mask": "9.0", "coco_ap_mask_delta": "baseline", "imagenet_top1": "60.0",
+     "imagenet_top1_delta": "baseline", "linear_probe_top1": "42.0 ± 2.0", "linear_probe_top1_delta": "baseline",
+     "pretrain_loss": "0.6000", "pretrain_loss_delta": "baseline", "pretrain_status": "finished",
+     "ade20k_status": "finished", "coco_status": "finished", "imagenet_status": "finished",
+     "linear_probe_status": "finished", "pretrain_config": "pretrain/demo/mae_plus_ape.py",
      "ade20k_config": "benchmarks/ade20k/upernet_demo.py", "coco_config": "benchmarks/coco/mask_rcnn_demo.py",
-     "commit": "abc123"},
+     "imagenet_config": "benchmarks/imagenet/finetune_demo.py",
+     "linear_probe_config": "benchmarks/imagenet/linear_probe_demo.py", "commit": "abc123"},
 ]
 
 EXPECTED_MD_TABLE = """\
-| Variant | Label | Pretraining | ADE20K mIoU | Δ mIoU | COCO AP box | Δ AP box | COCO AP mask | Δ AP mask | \
+| Variant | Label | Pretraining | ADE20K mIoU | Δ mIoU | ADE20K mIoU ms+flip | Δ mIoU ms+flip | COCO AP box | \
+Δ AP box | COCO AP mask | Δ AP mask | ImageNet fine-tune top-1 | Δ FT top-1 | Linear probe top-1 | Δ LP top-1 | \
 Final pretrain loss | Δ loss |
-|---|---|---|---|---|---|---|---|---|---|---|
-| adpe_ape_coord | AdPE APE coord | mae_plus, ape, adversary=coordinate, size=tiny | 10.00 | +2.00 | 12.3 | +2.3 | \
-10.1 | +1.1 | 0.5800 | -0.0200 |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| adpe_ape_coord | AdPE APE coord | mae_plus, ape, adversary=coordinate, size=tiny | 10.00 | +2.00 | 10.50 | n/a | \
+12.3 | +2.3 | 10.1 | +1.1 | missing | missing | 51.5 ± 2.1 | +9.5 | 0.5800 | -0.0200 |
 | adpe_rpe_embed | adpe_rpe_embed | mae_plus, rpe (discrete), adversary=embedding, size=tiny | unfinished | \
-unfinished | missing | missing | missing | missing | 0.9000 | +0.3000 |
-| **mae_plus** (baseline) | MAE+ APE | mae_plus, ape, adversary=none, size=tiny | 8.00 | baseline | 10.0 | baseline \
-| 9.0 | baseline | 0.6000 | baseline |"""
+unfinished | unfinished | unfinished | missing | missing | missing | missing | missing | missing | 30.0 | -12.0 | \
+0.9000 | +0.3000 |
+| **mae_plus** (baseline) | MAE+ APE | mae_plus, ape, adversary=none, size=tiny | 8.00 | baseline | missing | \
+missing | 10.0 | baseline | 9.0 | baseline | 60.0 | baseline | 42.0 ± 2.0 | baseline | 0.6000 | baseline |"""
 
-PLOTS = ("pretrain_loss.png", "adv_norm.png", "ade20k_miou.png", "coco_ap.png", "final_metrics.png")
+PLOTS = ("pretrain_loss.png", "adv_norm.png", "ade20k_miou.png", "coco_ap.png", "imagenet_top1.png",
+         "final_metrics.png")
 
 
 def assert_png(path: Path) -> None:
@@ -190,9 +237,17 @@ def test_collect_rows_reads_stages_statuses_and_merges_resumed_logs(run_dir):
     assert [r.name for r in rows] == ["adpe_ape_coord", "adpe_rpe_embed", "mae_plus"]
     adpe, partial, base = rows
     assert base.is_baseline and not adpe.is_baseline
-    assert adpe.values == {"ade20k_miou": 10.0, "coco_ap_box": 12.3, "coco_ap_mask": 10.1, "pretrain_loss": 0.58}
-    assert partial.values == {"ade20k_miou": None, "coco_ap_box": None, "coco_ap_mask": None,
-                                 "pretrain_loss": 0.9}
+    assert adpe.values == {"ade20k_miou": 10.0, "ade20k_miou_msflip": 10.5, "coco_ap_box": 12.3,
+                           "coco_ap_mask": 10.1, "imagenet_top1": None, "linear_probe_top1": 51.5,
+                           "pretrain_loss": 0.58}
+    assert adpe.spread == {"linear_probe_top1": 2.1}  # stdev of 50 and 53
+    assert partial.values == {"ade20k_miou": None, "ade20k_miou_msflip": None, "coco_ap_box": None,
+                              "coco_ap_mask": None, "imagenet_top1": None, "linear_probe_top1": 30.0,
+                              "pretrain_loss": 0.9}
+    assert partial.spread == {} and partial.linear_probe.status == "unfinished"
+    assert base.values["linear_probe_top1"] == 42.0 and base.spread == {"linear_probe_top1": 2.0}
+    assert base.linear_probe.seeds[1] == {"accuracy/top1": 42.0, "accuracy/top5": 95.0}
+    assert (base.coco.protocol, adpe.coco.protocol) == ("coco_mask_rcnn", "coco_cascade")
     loss = adpe.pretrain.series["loss"]
     assert loss == [(10, 1.0), (20, 0.9), (30, 0.8), (40, 0.6), (50, 0.55), (60, 0.5), (70, 0.45)]
     assert adpe.pretrain.series["adv_norm"][-1] == (70, pytest.approx(0.7))
@@ -205,7 +260,8 @@ def test_collect_rows_reads_stages_statuses_and_merges_resumed_logs(run_dir):
     # validation series: mIoU from val rows only; COCO val steps are epochs here
     assert base.ade20k.series["mIoU"] == [(20, 5.0), (40, 7.5)]
     assert base.coco.series["coco/segm_mAP"] == [(1, 0.045), (2, 0.09)]
-    assert [partial.stages[s].status for s in report.STAGES] == ["finished", "unfinished", "missing"]
+    assert [partial.stages[s].status for s in report.STAGES] == ["finished", "unfinished", "missing", "missing",
+                                                                 "unfinished"]
     assert base.env == ENV
     # a variant dir given directly gives the same row
     assert report.collect_rows([run_dir / "mae_plus"])[0].values == base.values
@@ -233,19 +289,22 @@ def test_cli_writes_the_exact_tables(run_dir, tmp_path):
     assert doc["baseline"] == "mae_plus"
     assert [r["cells"] for r in doc["rows"]] == EXPECTED_CSV
     by_name = {r["name"]: r for r in doc["rows"]}
-    assert by_name["adpe_ape_coord"]["values"] == {"ade20k_miou": 10.0, "coco_ap_box": 12.3, "coco_ap_mask": 10.1,
-                                                   "pretrain_loss": 0.58}
+    assert by_name["adpe_ape_coord"]["values"]["coco_ap_box"] == 12.3
+    assert by_name["adpe_ape_coord"]["spread"] == {"linear_probe_top1": 2.1}
     assert by_name["adpe_rpe_embed"]["values"]["ade20k_miou"] is None  # never 0
     assert by_name["adpe_rpe_embed"]["stages"]["coco"]["status"] == "missing"
     assert by_name["mae_plus"]["stages"]["coco"]["metrics"]["coco/bbox_mAP"] == 0.1
     assert by_name["mae_plus"]["commit"] == "abc123"
     assert "series" not in by_name["mae_plus"]["stages"]["pretrain"]
     published = doc["published"]
-    assert published["downstream"]["MAE"] == {"ade20k_miou": 48.1, "coco_ap_box": 50.3, "coco_ap_mask": 44.9,
-                                              "imagenet_top1_1600ep": 83.6}
-    assert published["downstream"]["AdPE"] == {"ade20k_miou": 50.7, "coco_ap_box": 53.5, "coco_ap_mask": 46.5,
-                                               "imagenet_top1_1600ep": 84.4}
-    assert list(published["released_400ep_imagenet_top1"].values()) == [83.9, 84.1, 84.2, 84.2, 84.3, 84.4]
+    by_protocol = {}
+    for number in published["numbers"]:
+        by_protocol.setdefault(number["protocol"], []).append((number["method"], number["metric"], number["value"]))
+    assert by_protocol["ade20k_msflip"] == [("MAE (mmseg)", "ade20k_miou_msflip", 48.7),
+                                            ("AdPE", "ade20k_miou_msflip", 50.7)]
+    assert by_protocol["coco_cascade"] == [("AdPE", "coco_ap_box", 53.5), ("AdPE", "coco_ap_mask", 46.5)]
+    assert by_protocol["coco_mask_rcnn"] == [("MAE", "coco_ap_box", 50.3), ("MAE", "coco_ap_mask", 44.9)]
+    assert [v for *_, v in by_protocol["imagenet_ft"]] == [83.6, 84.4, 83.9, 84.1, 84.2, 84.2, 84.3, 84.4]
     assert "not comparable" in published["note"].lower()
     assert doc["environment"] == ENV
     assert sorted(doc["plots"].values()) == sorted(PLOTS)
@@ -253,11 +312,19 @@ def test_cli_writes_the_exact_tables(run_dir, tmp_path):
     text = (out / "report.md").read_text()
     assert EXPECTED_MD_TABLE in text
     assert "NOT comparable" in text
-    assert "| AdPE | 50.7 | 53.5 | 46.5 | 84.4 |" in text
-    assert "| MAE | 48.1 | 50.3 | 44.9 | 83.6 |" in text
-    assert "| AdPE RPE coordinate | 84.4 |" in text
-    assert "Source: AdPE paper (Adversarial Positional Embeddings, arXiv 2303.07598), ViT-B." in text
-    assert "Source: AdPE release README (github.com/maple-research-lab/AdPE" in text
+    # each column beside the published numbers of its own protocol only
+    assert "| ADE20K mIoU | ADE20K val mIoU (%), UperNet, 160k iterations at 512^2, single-scale test | MAE 48.1; " \
+        "MAE (mmseg) 48.13 |" in text
+    assert "multi-scale (0.5-1.75) + flip test (the release trains with mmseg's upernet_mae ..._ms config) | " \
+        "MAE (mmseg) 48.7; AdPE 50.7 |" in text
+    assert "| COCO AP box | COCO val2017 AP (%), Mask R-CNN with a ViT-B backbone | MAE 50.3 |" in text
+    assert "cascade_mask_rcnn_vitdet_b_100ep: batch 32, 400k iterations) | AdPE 53.5 |" in text
+    assert "| Linear probe top-1 | - | no published ViT-B number of this protocol in this report |" in text
+    assert "| AdPE RPE coordinate, 400 ep (released) | ImageNet fine-tune top-1 | 84.4 | [3] |" in text
+    assert "[1] AdPE paper (Adversarial Positional Embeddings, arXiv 2303.07598), ViT-B" in text
+    assert "[3] AdPE release README (github.com/maple-research-lab/AdPE" in text
+    assert "  - seed 2: accuracy/top1=44, accuracy/top5=95" in text
+    assert "  - test-time augmentation: aAcc=30, mIoU=10.5" in text
     for name in PLOTS:
         assert f"]({name})" in text  # relative links
         assert_png(out / name)
@@ -333,12 +400,14 @@ def test_run_json_format_is_stable(tmp_path):
     assert RunInfo.read(variant / "absent.json") is None
 
 
-def test_published_numbers_name_their_sources():
+def test_published_numbers_name_their_sources_and_protocols():
     published = load_published()
-    assert published.downstream.values["AdPE"]["ade20k_miou"] == 50.7
-    assert any("2303.07598" in s for s in published.downstream.sources)
-    assert any("maple-research-lab/AdPE" in s for s in published.released.sources)
-    assert len(published.released.values) == 6
+    adpe = {n.metric: n for n in published.numbers if n.method == "AdPE"}
+    assert adpe["ade20k_miou_msflip"].protocol == "ade20k_msflip" and adpe["ade20k_miou_msflip"].value == 50.7
+    assert "2303.07598" in adpe["ade20k_miou_msflip"].source and adpe["coco_ap_box"].protocol == "coco_cascade"
+    released = [n for n in published.numbers if "released" in n.method]
+    assert len(released) == 6 and all("maple-research-lab/AdPE" in n.source for n in released)
+    assert set(published.protocols) == {n.protocol for n in published.numbers}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ say "installing the pinned stack and the adpe package"
 
 say "checking the stack"
 "$VPY" - <<'PY' || die "the installed stack does not import; see the error above"
-import cv2, mmcv, mmcv.ops, mmdet, mmengine, mmseg, numpy, timm, torch  # noqa: F401
+import cv2, mmcv, mmcv.ops, mmdet, mmengine, mmpretrain.models, mmseg, numpy, timm, torch  # noqa: F401
 from mmcv.ops import nms
 boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0]])
 keep = nms(boxes, torch.tensor([0.9, 0.8]), 0.5)[1]

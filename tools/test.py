@@ -24,6 +24,7 @@ from adpe.checkpoint import fetch_checkpoint
 from adpe.mm.engine import AtomicLocalBackend
 from adpe.mm.inference import configure_test, use_trained_backbone
 from adpe.mm.runner import build_config
+from adpe.report.records import TEST_RESULTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("config")
     parser.add_argument("checkpoint", help="trained checkpoint (tools/train.py output)")
     parser.add_argument("--work-dir", help="default: work_dirs/CONFIG_NAME")
-    parser.add_argument("--metrics-json", help="where the metrics go (default: WORK_DIR/test_results.json)")
+    parser.add_argument("--metrics-json", help="where the metrics go (default: WORK_DIR/test_results.json, "
+                        "WORK_DIR/test_results_tta.json with --tta)")
     parser.add_argument("--out", help="predictions: a folder of label PNGs (mmseg) or a .pkl file (mmdet)")
     parser.add_argument("--show-dir", help="draw every prediction into DIR (the config's visualization hook)")
     parser.add_argument("--tta", action="store_true",
@@ -71,7 +73,8 @@ def main(argv=None) -> dict:
         "commit": _commit(),
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     }
-    metrics_json = args.metrics_json or osp.join(cfg.work_dir, "test_results.json")  # adpe.report reads this
+    # adpe.report reads both: a --tta test sits beside the single-scale one instead of replacing it
+    metrics_json = args.metrics_json or osp.join(cfg.work_dir, TEST_RESULTS[args.tta])
     if is_main_process():
         AtomicLocalBackend().put_text(json.dumps(result, indent=2), metrics_json)
         print(f"[adpe] metrics written to {metrics_json}: {result['metrics']}")

@@ -1,9 +1,13 @@
 """Deterministic synthetic stand-ins for ImageNet, ADE20K and COCO, written in the real on-disk formats.
 
 Every image is a random background (smooth colour gradient, low-frequency blotches, optional stripes and
-pixel noise) with one or more filled polygons on top. Each of the :data:`CLASSES` has its own shape *and*
-its own appearance (a hue family plus a pattern: dots, checker, stripes, ...), so a tiny ViT can learn to
-classify, segment and detect them in minutes on a CPU.
+pixel noise) with one or more filled polygons on top. Each of the :data:`CLASSES` is a shape.
+
+* In the ADE20K and COCO sets each class also has its own appearance (a hue family plus a pattern: dots,
+  checker, stripes, ...), so a tiny ViT can learn to segment and detect them in minutes on a CPU.
+* In the ImageNet set every object's hue and pattern are drawn independently of its class: only shape tells
+  the classes apart, so colour and texture statistics (which random features already capture) do not, and a
+  linear probe measures whether pretraining learned structure.
 
 * :func:`render_scene` draws one image and returns its visible instance masks (later objects occlude
   earlier ones; the masks are the visible parts).
@@ -12,7 +16,8 @@ classify, segment and detect them in minutes on a CPU.
 
 Label conventions:
 
-* ImageNet: ``root/{train,val}/<class name>/<i>.JPEG``, one dominant object of that class per image.
+* ImageNet: ``root/{train,val}/<class name>/<i>.JPEG``, one dominant object of that class per image, the
+  ``val`` split labelled the same way (mmpretrain's ``CustomDataset`` / ImageNet folder layout).
 * ADE20K (mmseg layout, ``reduce_zero_label=True``): 0 = ignore, 1 = background (:data:`ADE_BACKGROUND`),
   class ``c`` = ``c + 2`` (see :func:`ade_label`); after mmseg's reduction background is 0 and class ``c`` is
   ``c + 1``.
@@ -70,17 +75,17 @@ ADE_BACKGROUND: int = 1
 MARKER: str = ".complete"
 
 #: Bump when the generated content changes, so old folders are regenerated instead of reused.
-GENERATOR_VERSION: int = 1
+GENERATOR_VERSION: int = 2
 
 #: Dataset sizes of :func:`write_all`, per scale.
 SCALES: dict[str, dict[str, dict[str, int]]] = {
     "demo": {
-        "imagenet": {"n_per_class": 24, "n_val_per_class": 6, "size": 128},
+        "imagenet": {"n_per_class": 64, "n_val_per_class": 40, "size": 128},
         "ade20k": {"n_train": 160, "n_val": 32, "size": 128},
         "coco": {"n_train": 160, "n_val": 32, "size": 128},
     },
     "tiny": {
-        "imagenet": {"n_per_class": 3, "n_val_per_class": 1, "size": 64},
+        "imagenet": {"n_per_class": 3, "n_val_per_class": 2, "size": 64},
         "ade20k": {"n_train": 8, "n_val": 4, "size": 64},
         "coco": {"n_train": 8, "n_val": 4, "size": 64},
     },
@@ -212,8 +217,9 @@ def _pattern(name: str, u: np.ndarray, v: np.ndarray, radius: float, period: flo
 
 
 def _paint(img: np.ndarray, mask: np.ndarray, class_id: int, cx: float, cy: float, radius: float,
-           angle: float, rng: np.random.Generator) -> None:
-    """Paint an object of ``class_id`` (its class colours and pattern) into ``img`` where ``mask``."""
+           angle: float, rng: np.random.Generator, class_appearance: bool = True) -> None:
+    """Paint an object into ``img`` where ``mask``: in the colours and pattern of ``class_id``, or, without
+    ``class_appearance``, in a hue and pattern drawn independently of the class."""
     ys, xs = np.nonzero(mask)
     if ys.size == 0:
         return
@@ -222,8 +228,11 @@ def _paint(img: np.ndarray, mask: np.ndarray, class_id: int, cx: float, cy: floa
     c, s = math.cos(angle), math.sin(angle)
     dx, dy = xx - cx, yy - cy
     u, v = dx * c + dy * s, -dx * s + dy * c
-    hue, pattern = _APPEARANCE[class_id]
-    hue += rng.uniform(-10, 10)
+    if class_appearance:
+        hue, pattern = _APPEARANCE[class_id]
+        hue += rng.uniform(-10, 10)
+    else:
+        hue, pattern = rng.uniform(0, 360), _APPEARANCE[int(rng.integers(len(_APPEARANCE)))][1]
     sat, val = rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0)
     col_a = _hsv(hue, sat, val)
     col_b = _hsv(hue + rng.uniform(-8, 8), sat * rng.uniform(0.35, 0.7), val * rng.uniform(0.35, 0.55))
@@ -239,9 +248,10 @@ def _paint(img: np.ndarray, mask: np.ndarray, class_id: int, cx: float, cy: floa
 # --------------------------------------------------------------------------------------------- scenes
 
 
-def _compose(rng: np.random.Generator, size: int, specs: Sequence[tuple[int, float, float, float, float]]
-             ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Draw ``specs`` = (class_id, cx, cy, radius, angle) in order on a fresh background.
+def _compose(rng: np.random.Generator, size: int, specs: Sequence[tuple[int, float, float, float, float]],
+             class_appearance: bool = True) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Draw ``specs`` = (class_id, cx, cy, radius, angle) in order on a fresh background (``_paint``'s
+    ``class_appearance``).
 
     Returns the uint8 image and, for every spec (none dropped), ``class_id``, ``polygon``, the full
     ``shape_mask`` and the visible ``mask``.
@@ -251,7 +261,7 @@ def _compose(rng: np.random.Generator, size: int, specs: Sequence[tuple[int, flo
     for class_id, cx, cy, radius, angle in specs:
         poly = _place(_unit_shape(class_id, rng), cx, cy, radius, angle)
         shape_mask = _fill(poly, size)
-        _paint(img, shape_mask, class_id, cx, cy, radius, angle, rng)
+        _paint(img, shape_mask, class_id, cx, cy, radius, angle, rng, class_appearance)
         objs.append({"class_id": int(class_id), "polygon": poly, "shape_mask": shape_mask})
     covered = np.zeros((size, size), bool)
     for obj in reversed(objs):  # visible part = own shape minus everything drawn later
@@ -292,8 +302,10 @@ def render_scene(rng: np.random.Generator, size: int, max_objects: int,
     return img, _public(objs, min_area)
 
 
-def _imagenet_scene(rng: np.random.Generator, size: int, class_id: int) -> np.ndarray:
-    """One dominant, fully visible object of ``class_id`` over 0-3 small clutter objects."""
+def _imagenet_scene(rng: np.random.Generator, size: int, class_id: int, class_appearance: bool = False
+                    ) -> np.ndarray:
+    """One dominant, fully visible object of ``class_id`` over 0-3 small clutter objects, every object in a hue
+    and pattern drawn independently of its class (or in its class colours: ``class_appearance``)."""
     others = [c for c in range(len(CLASSES)) if c != class_id]
     specs = []
     for _ in range(int(rng.integers(0, 4))):
@@ -303,7 +315,7 @@ def _imagenet_scene(rng: np.random.Generator, size: int, class_id: int) -> np.nd
     r = size * rng.uniform(0.28, 0.42)
     cx, cy = size / 2 + rng.uniform(-0.12, 0.12, 2) * size
     specs.append((class_id, cx, cy, r, rng.uniform(0, 2 * math.pi)))
-    return _compose(rng, size, specs)[0]
+    return _compose(rng, size, specs, class_appearance)[0]
 
 
 # --------------------------------------------------------------------------------------------- labels
@@ -432,15 +444,16 @@ def _materialise(root: str | os.PathLike[str], params: dict[str, Any], force: bo
     return root
 
 
-def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 24, size: int = 128, seed: int = 0,
-                   n_val_per_class: int = 6, force: bool = False) -> Path:
+def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 64, size: int = 128, seed: int = 0,
+                   n_val_per_class: int = 40, force: bool = False, class_appearance: bool = False) -> Path:
     """Write ``root/{train,val}/<class>/<i>.JPEG`` (``n_per_class`` / ``n_val_per_class`` per class).
 
-    Each image shows one large object of its class over a few small objects of other classes.
-    Returns ``root``.
+    Each image shows one large object of its class over a few small objects of other classes; hues and patterns
+    do not depend on the class, unless ``class_appearance`` (each class in its own colours and pattern, an easy
+    task for quick mechanical checks). Returns ``root``.
     """
     params = {"dataset": "imagenet", "n_per_class": n_per_class, "n_val_per_class": n_val_per_class,
-              "size": size, "seed": seed}
+              "size": size, "seed": seed, "class_appearance": class_appearance}
 
     def build(out: Path) -> None:
         for split_id, (split, n) in enumerate((("train", n_per_class), ("val", n_val_per_class))):
@@ -449,7 +462,7 @@ def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 24, size: in
                 folder.mkdir(parents=True)
                 rng = _rng(seed, 0, split_id, cid)
                 for i in range(n):
-                    _save_jpeg(_imagenet_scene(rng, size, cid), folder / f"{i:05d}.JPEG")
+                    _save_jpeg(_imagenet_scene(rng, size, cid, class_appearance), folder / f"{i:05d}.JPEG")
 
     return _materialise(root, params, force, build)
 

@@ -29,12 +29,14 @@ def pretrained_path(init_cfg: dict | None) -> str | None:
     return init_cfg.get("checkpoint") if init_cfg.get("type") == "Pretrained" else None
 
 
-def resolve_auto(rel_pos: str, rpe_lookup: str, ckpt: dict | None) -> tuple[str, str]:
+def resolve_auto(rel_pos: str, rpe_lookup: str, ckpt: dict | None, mode: str = "seg") -> tuple[str, str]:
     """Concrete (rel_pos, rpe_lookup) for 'auto' settings: follow the checkpoint's pretraining (iRPE tables,
-    continuous lookup for RPE coordinate mode); without a checkpoint 'auto' means 'bias' and 'discrete'."""
+    continuous lookup for RPE coordinate mode). An APE model (or no checkpoint) gets a learned bias for dense
+    transfer ('seg', 'det': BEiT / ViTDet) and no relative term for classification ('cls', as MAE and the release
+    fine-tune); the lookup is then 'discrete'."""
     variant = checkpoint_variant(ckpt) if ckpt is not None else {"position": "ape", "rpe_lookup": "discrete"}
     if rel_pos == "auto":
-        rel_pos = "irpe" if variant["position"] == "rpe" else "bias"
+        rel_pos = "irpe" if variant["position"] == "rpe" else ("none" if mode == "cls" else "bias")
     if rpe_lookup == "auto":
         rpe_lookup = variant["rpe_lookup"]
     return rel_pos, rpe_lookup
@@ -50,14 +52,15 @@ class AdPEViT(ViTBackbone, BaseModule):
 
     ``rel_pos='auto'`` uses the checkpoint's iRPE tables when it has them and a zero-initialised learned
     bias otherwise; ``rpe_lookup='auto'`` follows the checkpoint's pretraining (continuous for RPE coordinate
-    mode). Without a checkpoint 'auto' means 'bias' and 'discrete'.
+    mode). An APE checkpoint, or none, gets a zero-initialised learned bias in seg / det mode and no relative
+    term in cls mode (``resolve_auto``).
     """
 
     def __init__(self, rel_pos: str = "auto", rpe_lookup: str = "auto", init_cfg: dict | None = None, **kwargs):
         self._checkpoint_path = pretrained_path(init_cfg)
         if "auto" in (rel_pos, rpe_lookup):  # the one place 'auto' is resolved (ResolvedBackboneHook records it)
             ckpt = load_checkpoint_file(self._checkpoint_path) if self._checkpoint_path else None
-            rel_pos, rpe_lookup = resolve_auto(rel_pos, rpe_lookup, ckpt)
+            rel_pos, rpe_lookup = resolve_auto(rel_pos, rpe_lookup, ckpt, kwargs.get("mode", "seg"))
         ViTBackbone.__init__(self, rel_pos=rel_pos, rpe_lookup=rpe_lookup, **kwargs)
         self.init_cfg = copy.deepcopy(init_cfg)
 

@@ -1,8 +1,9 @@
 """Reading pipeline work dirs into report rows.
 
 A variant dir holds ``run.json`` (adpe.report.records.RunInfo) and any of ``pretrain/``, ``ade20k/``,
-``coco/``: mmengine work dirs with one ``<TIMESTAMP>/vis_data/`` folder per (resumed) run, checkpoints, and
-for the transfer stages the ``test_results.json`` that tools/test.py writes. A run dir holds variant dirs.
+``coco/``, ``imagenet/`` and ``linear_probe/seed_N/``: mmengine work dirs with one ``<TIMESTAMP>/vis_data/``
+folder per (resumed) run, checkpoints, and for the transfer stages the ``test_results.json`` (and, after a
+``--tta`` test, ``test_results_tta.json``) that tools/test.py writes. A run dir holds variant dirs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,8 +22,11 @@ from adpe.report.records import (
     METRICS,
     PRETRAIN_LOSS,
     RUN_FILE,
+    SEED_DIR,
     STAGES,
+    TEST_RESULTS,
     PretrainStage,
+    ProbeStage,
     Row,
     RunInfo,
     Series,
@@ -53,8 +58,8 @@ def expand_work_dirs(work_dirs: Iterable[str | Path]) -> list[Path]:
         children = sorted(child for child in path.iterdir() if child.is_dir() and is_variant_dir(child))
         if not children:
             raise FileNotFoundError(
-                f"{path} is neither a variant dir (run.json, pretrain/, ade20k/ or coco/) nor a run dir "
-                "holding variant dirs")
+                f"{path} is neither a variant dir (run.json or a stage dir: {', '.join(s + '/' for s in STAGES)}) "
+                "nor a run dir holding variant dirs")
         found.extend(children)
     return found
 
@@ -169,20 +174,56 @@ def read_pretrain(stage_dir: Path, has_pretraining: bool) -> PretrainStage:
     return info
 
 
+def _test_results(stage_dir: Path, tta: bool = False) -> dict | None:
+    """The stage's test results file (``TEST_RESULTS[tta]``) when it holds a metrics dict, else None."""
+    path = stage_dir / TEST_RESULTS[tta]
+    results = read_json(path) if path.is_file() else None
+    return results if isinstance(results, dict) and isinstance(results.get("metrics"), dict) else None
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def coco_protocol(config_text: str) -> str:
+    """'coco_cascade' for a Cascade Mask R-CNN config (its RoI head), else 'coco_mask_rcnn'."""
+    return "coco_cascade" if "CascadeRoIHead" in config_text else "coco_mask_rcnn"
+
+
 def read_transfer(stage_dir: Path) -> TransferStage:
-    """An ADE20K / COCO stage: finished once its test_results.json holds a metrics dict."""
+    """An ADE20K / COCO / ImageNet stage: finished once its test_results.json holds a metrics dict."""
     if not stage_dir.is_dir():
         return TransferStage(str(stage_dir))
     config_path = _latest_file(stage_dir, "vis_data/config.py")
     info = TransferStage(str(stage_dir), status="unfinished", series=read_scalars(stage_dir),
                          dumped_config=str(config_path) if config_path else None)
-    results_path = stage_dir / "test_results.json"
-    results = read_json(results_path) if results_path.is_file() else None
-    if isinstance(results, dict) and isinstance(results.get("metrics"), dict):
+    if stage_dir.name == "coco" and config_path is not None:
+        info.protocol = coco_protocol(config_path.read_text())
+    results = _test_results(stage_dir)
+    if results is not None:
         info.status = "finished"
-        info.metrics = {k: v for k, v in results["metrics"].items() if isinstance(v, int | float)}
+        info.metrics = _numbers(results["metrics"])
         info.config, info.checkpoint, info.commit, info.time, info.world_size = (
             results.get(key) for key in ("config", "checkpoint", "commit", "time", "world_size"))
+    tta = _test_results(stage_dir, tta=True)
+    info.tta_metrics = _numbers(tta["metrics"]) if tta is not None else {}
+    return info
+
+
+def read_probe(stage_dir: Path) -> ProbeStage:
+    """The linear probes: one ``seed_N/`` work dir per seed, each finished once it has test results."""
+    pattern = re.compile("^" + SEED_DIR.format(r"(\d+)") + "$")
+    seed_dirs = sorted((int(m[1]), d) for d in (stage_dir.iterdir() if stage_dir.is_dir() else [])
+                       if d.is_dir() and (m := pattern.match(d.name)))
+    if not seed_dirs:
+        return ProbeStage(str(stage_dir))
+    info = ProbeStage(str(stage_dir), series=read_scalars(seed_dirs[0][1]))
+    for seed, seed_dir in seed_dirs:
+        results = _test_results(seed_dir)
+        if results is not None:
+            info.seeds[seed] = _numbers(results["metrics"])
+            info.config, info.commit = results.get("config"), results.get("commit")
+    info.status = "finished" if len(info.seeds) == len(seed_dirs) else "unfinished"
     return info
 
 
@@ -209,15 +250,24 @@ def _pretrain_variant(pretrain: PretrainStage, run: RunInfo | None) -> str:
     return "unknown"
 
 
-def _values(pretrain: PretrainStage, ade20k: TransferStage, coco: TransferStage) -> dict[str, float | None]:
-    """The row's numbers by VALUE_METRICS key, scaled and rounded as displayed; None where absent."""
-    transfer = {"ade20k": ade20k, "coco": coco}
+def _values(stages: dict) -> tuple[dict[str, float | None], dict[str, float]]:
+    """The row's numbers by VALUE_METRICS key, scaled and rounded as displayed (None where absent), and the
+    standard deviation over seeds of those averaged over seeds (the linear probe, with two or more seeds)."""
     values: dict[str, float | None] = {}
+    spread: dict[str, float] = {}
     for metric in METRICS:
-        raw = transfer[metric.stage].metrics.get(metric.result_key)
+        stage = stages[metric.stage]
+        if isinstance(stage, ProbeStage):
+            raw = [seed[metric.result_key] for seed in stage.seeds.values() if metric.result_key in seed]
+            if len(raw) >= 2:
+                spread[metric.key] = round(statistics.stdev(raw) * metric.scale, metric.decimals)
+            raw = statistics.fmean(raw) if raw else None
+        else:
+            raw = (stage.tta_metrics if metric.tta else stage.metrics).get(metric.result_key)
         values[metric.key] = None if raw is None else round(raw * metric.scale, metric.decimals)
-    values[PRETRAIN_LOSS.key] = None if pretrain.loss is None else round(pretrain.loss, PRETRAIN_LOSS.decimals)
-    return values
+    loss = stages["pretrain"].loss
+    values[PRETRAIN_LOSS.key] = None if loss is None else round(loss, PRETRAIN_LOSS.decimals)
+    return values, spread
 
 
 def read_variant(variant_dir: Path, given_dir: Path) -> Row:
@@ -226,13 +276,15 @@ def read_variant(variant_dir: Path, given_dir: Path) -> Row:
     name = run.name if run else variant_dir.name
     # Without run.json nothing says the variant skips pretraining: its absence is "missing", not "none".
     pretrain = read_pretrain(variant_dir / "pretrain", has_pretraining=bool(run.pretrain_config) if run else True)
-    ade20k, coco = read_transfer(variant_dir / "ade20k"), read_transfer(variant_dir / "coco")
-    commits = [stage.commit for stage in (ade20k, coco) if stage.commit]
+    stages = {"pretrain": pretrain,  # in STAGES order
+              **{task: read_transfer(variant_dir / task) for task in ("ade20k", "coco", "imagenet")},
+              "linear_probe": read_probe(variant_dir / "linear_probe")}
+    commits = [stage.commit for name, stage in stages.items() if name != "pretrain" and stage.commit]
+    values, spread = _values(stages)
     return Row(name=name, label=run.label if run else name, dir=str(variant_dir),
                is_baseline=run.baseline if run else False, pretrain_config=run.pretrain_config if run else None,
                pretrain_variant=_pretrain_variant(pretrain, run), commit="/".join(dict.fromkeys(commits)) or None,
-               values=_values(pretrain, ade20k, coco), pretrain=pretrain, ade20k=ade20k, coco=coco,
-               env=_find_env(variant_dir, given_dir))
+               values=values, spread=spread, env=_find_env(variant_dir, given_dir), **stages)
 
 
 def collect_rows(work_dirs: Iterable[str | Path]) -> list[Row]:

@@ -1,7 +1,8 @@
 """The records of a results report: metric specs, ``run.json``, the published numbers and the rows.
 
 A report row is one variant of a run: a variant dir holding ``run.json`` and the work dirs of its stages
-(``pretrain/``, ``ade20k/``, ``coco/``). Absent results are ``None`` with a stage status, never 0.
+(``pretrain/``, ``ade20k/``, ``coco/``, ``imagenet/`` and ``linear_probe/seed_N/``). Absent results are ``None``
+with a stage status, never 0.
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-STAGES = ("pretrain", "ade20k", "coco")
+STAGES = ("pretrain", "ade20k", "coco", "imagenet", "linear_probe")
 FINAL_LOSS_WINDOW = 5  # the final pretraining loss is the mean of this many last logged losses
 RUN_FILE = "run.json"  # a variant dir's RunInfo
+# What tools/test.py writes into the work dir: {tta: file name}; a --tta test sits beside the plain one.
+TEST_RESULTS = {False: "test_results.json", True: "test_results_tta.json"}
+SEED_DIR = "seed_{}"  # linear_probe/seed_N/: one probe per seed
 
 
 @dataclass(frozen=True)
 class Metric:
     """One number of a row: ``values[key]`` is ``raw * scale`` rounded to ``decimals``.
 
-    ``result_key`` names the raw number in the stage's ``test_results.json`` metrics; ``short`` names the
-    metric in the delta column ("Δ <short>").
+    ``result_key`` names the raw number in the stage's test results (``TEST_RESULTS[tta]``); ``short`` names the
+    metric in the delta column ("Δ <short>"); ``protocol`` is the key of the published numbers measured the same
+    way (published.json's ``protocols``; "coco" stands for the detector the row trained, see
+    ``TransferStage.protocol``), None when nothing published compares.
     """
 
     key: str
@@ -34,13 +40,21 @@ class Metric:
     scale: float
     decimals: int
     short: str
+    protocol: str | None = None
+    tta: bool = False
 
 
-# Transfer metrics, read from each stage's test_results.json (mmdet's mAP is a fraction: shown x 100).
+# Transfer metrics, read from each stage's test results (mmdet's mAP is a fraction: shown x 100). The linear
+# probe's is the mean over its seeds (Row.spread holds their standard deviation).
 METRICS = (
-    Metric("ade20k_miou", "ADE20K mIoU", "ade20k", "mIoU", 1.0, 2, "mIoU"),
-    Metric("coco_ap_box", "COCO AP box", "coco", "coco/bbox_mAP", 100.0, 1, "AP box"),
-    Metric("coco_ap_mask", "COCO AP mask", "coco", "coco/segm_mAP", 100.0, 1, "AP mask"),
+    Metric("ade20k_miou", "ADE20K mIoU", "ade20k", "mIoU", 1.0, 2, "mIoU", "ade20k_ss"),
+    Metric("ade20k_miou_msflip", "ADE20K mIoU ms+flip", "ade20k", "mIoU", 1.0, 2, "mIoU ms+flip", "ade20k_msflip",
+           tta=True),
+    Metric("coco_ap_box", "COCO AP box", "coco", "coco/bbox_mAP", 100.0, 1, "AP box", "coco"),
+    Metric("coco_ap_mask", "COCO AP mask", "coco", "coco/segm_mAP", 100.0, 1, "AP mask", "coco"),
+    Metric("imagenet_top1", "ImageNet fine-tune top-1", "imagenet", "accuracy/top1", 1.0, 1, "FT top-1",
+           "imagenet_ft"),
+    Metric("linear_probe_top1", "Linear probe top-1", "linear_probe", "accuracy/top1", 1.0, 1, "LP top-1"),
 )
 # Read from the training log instead (the mean of the last FINAL_LOSS_WINDOW logged losses).
 PRETRAIN_LOSS = Metric("pretrain_loss", "Final pretrain loss", "pretrain", None, 1.0, 4, "loss")
@@ -127,27 +141,46 @@ class PretrainStage(Stage):
 
 @dataclass
 class TransferStage(Stage):
-    """An ADE20K or COCO work dir of a variant.
+    """An ADE20K, COCO or ImageNet work dir of a variant.
 
     status: "finished" (test_results.json holds metrics), "unfinished" (a work dir without them) or
-    "missing". ``metrics`` and the provenance fields come from test_results.json.
+    "missing". ``metrics`` and the provenance fields come from test_results.json, ``tta_metrics`` from
+    test_results_tta.json (a --tta test; empty without one). ``protocol``: a COCO stage's detector,
+    'coco_cascade' or 'coco_mask_rcnn' (from its dumped config), else None.
     """
 
     metrics: dict[str, float] = field(default_factory=dict)
+    tta_metrics: dict[str, float] = field(default_factory=dict)
     config: str | None = None
     checkpoint: str | None = None
     commit: str | None = None
     time: str | None = None
     world_size: int | None = None
     dumped_config: str | None = None
+    protocol: str | None = None
+
+
+@dataclass
+class ProbeStage(Stage):
+    """The linear probes of a variant, one work dir per seed (``linear_probe/seed_N/``).
+
+    status: "finished" when every seed dir has test results, "unfinished" when some have none, "missing" without
+    seed dirs. ``seeds``: {seed: metrics} of the finished probes; ``series`` are the first seed's logs.
+    """
+
+    seeds: dict[int, dict[str, float]] = field(default_factory=dict)
+    config: str | None = None
+    commit: str | None = None
 
 
 @dataclass
 class Row:
     """One variant of the report: its run.json entries, its stages and its values by metric key.
 
-    ``values`` maps every VALUE_METRICS key to the rounded number, or None when the stage has none.
-    ``commit``: the transfer stages' commits joined with "/" (None if unknown); ``env``: the run's env.json.
+    ``values`` maps every VALUE_METRICS key to the rounded number, or None when the stage has none; ``spread``
+    the standard deviation over seeds of the metrics averaged over seeds (the linear probe), when there are two
+    or more. ``commit``: the transfer stages' commits joined with "/" (None if unknown); ``env``: the run's
+    env.json.
     """
 
     name: str
@@ -161,6 +194,9 @@ class Row:
     pretrain: PretrainStage
     ade20k: TransferStage
     coco: TransferStage
+    imagenet: TransferStage
+    linear_probe: ProbeStage
+    spread: dict[str, float] = field(default_factory=dict)
     env: dict | None = None
 
     @property
@@ -170,52 +206,48 @@ class Row:
 
 
 @dataclass(frozen=True)
-class PublishedTable:
-    """Published numbers, {row: value} or {row: {column: value}}, and the references they come from."""
+class PublishedNumber:
+    """One published number: ``method``'s ``metric`` (a Metric key) measured by ``protocol`` (a published.json
+    protocol key), from ``source`` (the reference's full citation)."""
 
-    values: dict
-    sources: tuple[str, ...]
+    method: str
+    metric: str
+    protocol: str
+    value: float
+    source: str
 
 
 @dataclass(frozen=True)
 class Published:
     """The published ViT-B reference numbers of adpe/report/published.json.
 
-    ``note`` says why demo numbers are not comparable with them; ``downstream_setup`` describes each
-    downstream column (task, head, unit).
+    ``note`` says why demo numbers are not comparable with them; ``protocols`` describes each protocol (task,
+    head, schedule, test); ``numbers`` are labelled with one of them.
     """
 
     note: str
-    downstream_setup: dict[str, str]
-    downstream: PublishedTable
-    released: PublishedTable  # ImageNet fine-tuning top-1 of the released 400-epoch checkpoints
+    protocols: dict[str, str]
+    numbers: tuple[PublishedNumber, ...]
+
+    def with_protocol(self, protocol: str) -> list[PublishedNumber]:
+        """The numbers measured by ``protocol``."""
+        return [n for n in self.numbers if n.protocol == protocol]
 
     def summary(self) -> dict:
-        """The numbers for results.json: {source, note, downstream, downstream_setup, released_400ep_imagenet_top1}."""
-        return {"source": "; ".join(self.downstream.sources), "note": self.note, "downstream": self.downstream.values,
-                "downstream_setup": self.downstream_setup, "released_400ep_imagenet_top1": self.released.values}
-
-
-def _table(entries: dict, references: dict[str, str]) -> PublishedTable:
-    """A table from the data file's {row: {"value", "source"}} or {row: {column: {"value", "source"}}}."""
-    def unpack(entry: dict) -> tuple[Any, list[str]]:
-        if "value" in entry:
-            return entry["value"], [entry["source"]]
-        cells = {column: unpack(cell) for column, cell in entry.items()}
-        return {c: v for c, (v, _) in cells.items()}, [s for _, keys in cells.values() for s in keys]
-
-    rows = {name: unpack(entry) for name, entry in entries.items()}
-    keys = list(dict.fromkeys(s for _, row_keys in rows.values() for s in row_keys))
-    unknown = [k for k in keys if k not in references]
-    if unknown:  # a typo in the data file would otherwise show up only as a missing citation
-        raise ValueError(f"published.json: unknown sources {unknown}; known: {sorted(references)}")
-    return PublishedTable({name: value for name, (value, _) in rows.items()}, tuple(references[k] for k in keys))
+        """The numbers for results.json: {note, protocols, numbers: [{method, metric, protocol, value, source}]}."""
+        return {"note": self.note, "protocols": dict(self.protocols), "numbers": [asdict(n) for n in self.numbers]}
 
 
 @cache
 def load_published() -> Published:
-    """The published numbers, read once from the package's data file."""
+    """The published numbers, read once from the package's data file (every protocol and source checked)."""
     raw = json.loads(resources.files("adpe.report").joinpath("published.json").read_text())
-    return Published(note=raw["note"], downstream_setup=raw["downstream_setup"],
-                     downstream=_table(raw["downstream"], raw["sources"]),
-                     released=_table(raw["released_400ep_imagenet_top1"], raw["sources"]))
+    numbers = []
+    for entry in raw["numbers"]:
+        # a typo in the data file would otherwise show up only as a missing citation or comparison
+        if entry["source"] not in raw["sources"] or entry["protocol"] not in raw["protocols"]:
+            raise ValueError(f"published.json: {entry} names an unknown source or protocol; known sources "
+                             f"{sorted(raw['sources'])}, protocols {sorted(raw['protocols'])}")
+        numbers.append(PublishedNumber(entry["method"], entry["metric"], entry["protocol"], float(entry["value"]),
+                                       raw["sources"][entry["source"]]))
+    return Published(note=raw["note"], protocols=dict(raw["protocols"]), numbers=tuple(numbers))

@@ -13,20 +13,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-from adpe.report.records import FINAL_LOSS_WINDOW, METRICS, PRETRAIN_LOSS, VALUE_METRICS, Row, load_published
+from adpe.report.records import (
+    FINAL_LOSS_WINDOW,
+    METRICS,
+    PRETRAIN_LOSS,
+    VALUE_METRICS,
+    Metric,
+    ProbeStage,
+    Row,
+    load_published,
+)
 from adpe.report.tabulate import CSV_COLUMNS, format_value, json_row, resolve_baseline, status_of, table_rows
 
-# The published downstream columns: (key in published.json, column header).
-PUBLISHED_COLUMNS = (
-    ("ade20k_miou", "ADE20K UperNet mIoU"),
-    ("coco_ap_box", "COCO Mask R-CNN AP box"),
-    ("coco_ap_mask", "COCO Mask R-CNN AP mask"),
-    ("imagenet_top1_1600ep", "ImageNet fine-tune top-1 (1600 ep)"),
-)
 # report.md's plot sections: plot name -> title, in order.
 PLOT_TITLES = {"pretrain_loss": "Pretraining loss", "adv_norm": "Adversarial perturbation norm",
                "ade20k_miou": "ADE20K validation mIoU", "coco_ap": "COCO validation AP",
-               "final_metrics": "Final metrics"}
+               "imagenet_top1": "ImageNet validation top-1", "final_metrics": "Final metrics"}
 Panel = tuple[str, list[tuple[str, list[tuple[float, float]]]]]  # (panel title, [(legend label, series), ...])
 
 
@@ -95,7 +97,7 @@ def _bar_plot(path: Path, rows: list[Row]) -> Path | None:
                 ax.text(x, h, format_value(h, metric.decimals), ha="center", va="bottom", fontsize=7, color=color)
     ax.set_xticks(range(len(METRICS)), [m.label for m in METRICS])
     ax.set_ylim(0, top * 1.2)
-    ax.set_ylabel("mIoU / AP (%)")
+    ax.set_ylabel("mIoU / AP / top-1 (%)")
     ax.set_title("Final transfer metrics (test_results.json)")
     from matplotlib.patches import Patch
 
@@ -125,6 +127,9 @@ def write_plots(rows: list[Row], out_dir: Path) -> dict[str, Path]:
         "coco_ap": _line_plot(out_dir / "coco_ap.png", "COCO validation", "AP (%)",
                               [("box AP", lines("coco", "coco/bbox_mAP", 100)),
                                ("mask AP", lines("coco", "coco/segm_mAP", 100))], val_x),
+        "imagenet_top1": _line_plot(out_dir / "imagenet_top1.png", "ImageNet validation", "top-1 (%)",
+                                    [("fine-tuning", lines("imagenet", "accuracy/top1")),
+                                     ("linear probe (first seed)", lines("linear_probe", "accuracy/top1"))], val_x),
         "final_metrics": _bar_plot(out_dir / "final_metrics.png", rows),
     }
     return {name: path for name, path in plots.items() if path is not None}
@@ -169,20 +174,44 @@ def _results_table(rows: list[Row], cells: list[dict[str, str]]) -> list[str]:
 
 
 def _published_section() -> list[str]:
-    """The published numbers, with the note that demo numbers are not comparable and each table's sources."""
+    """The published numbers by protocol, with the note that demo numbers are not comparable and their sources."""
     pub = load_published()
-    lines = ["## Published reference numbers (AdPE paper, ViT-B)", "",
-             f"> {pub.note}", "",
-             f"Source: {'; '.join(pub.downstream.sources)}.", ""]
-    lines += _md_table(["Method", *(header for _, header in PUBLISHED_COLUMNS)],
-                       [[method, *(values[key] for key, _ in PUBLISHED_COLUMNS)]
-                        for method, values in pub.downstream.values.items()])
-    lines += ["", "Released 400-epoch ViT-B checkpoints, ImageNet fine-tune top-1:", "",
-              f"Source: {'; '.join(pub.released.sources)}.", ""]
-    lines += _md_table(["Checkpoint", "Top-1 (%)"], [[k, v] for k, v in pub.released.values.items()])
-    return lines
+    labels = {m.key: m.label for m in METRICS}
+    sources = list(dict.fromkeys(n.source for n in pub.numbers))
+    lines = ["## Published reference numbers (ViT-B)", "", f"> {pub.note}", ""]
+    for protocol, description in pub.protocols.items():
+        lines += [f"**{description}**", ""]
+        lines += _md_table(["Method", "Metric", "Value", "Source"],
+                           [[n.method, labels.get(n.metric, n.metric), n.value, f"[{sources.index(n.source) + 1}]"]
+                            for n in pub.with_protocol(protocol)])
+        lines.append("")
+    return lines + [f"[{i}] {source}" + "  " for i, source in enumerate(sources, 1)]
 
 
+def metric_protocols(metric: Metric, rows: list[Row]) -> list[str]:
+    """The published protocols that ``metric``'s column was measured by: its own, or for COCO the detectors the
+    rows trained (Mask R-CNN, Cascade Mask R-CNN)."""
+    if metric.protocol != "coco":
+        return [metric.protocol] if metric.protocol else []
+    return list(dict.fromkeys(row.coco.protocol for row in rows if row.coco.protocol))
+
+
+def _comparison_section(rows: list[Row]) -> list[str]:
+    """Each results column beside the published numbers measured the same way (and only those)."""
+    pub = load_published()
+    lines = ["## Published numbers of the same protocols", "",
+             "Each column of the results is set beside the published numbers of its protocol only (a single-scale "
+             "mIoU never beside a multi-scale one, Mask R-CNN never beside Cascade Mask R-CNN).", ""]
+    body = []
+    for metric in METRICS:
+        protocols = metric_protocols(metric, rows)
+        if not protocols:
+            body.append([metric.label, "-", "no published ViT-B number of this protocol in this report"])
+        for protocol in protocols:
+            numbers = [n for n in pub.with_protocol(protocol) if n.metric == metric.key]
+            body.append([metric.label, pub.protocols[protocol],
+                         "; ".join(f"{n.method} {n.value:g}" for n in numbers) or "none published"])
+    return lines + _md_table(["Column", "Protocol", "Published"], body)
 def _plots_section(plots: dict[str, Path], out_dir: Path) -> list[str]:
     """A subsection per PLOT_TITLES entry: the image, or why it was not plotted."""
     lines = ["## Plots", ""]
@@ -211,7 +240,7 @@ def _run_section(row: Row, out_dir: Path) -> list[str]:
         if pre.model:
             model = ", ".join(f"{k}={v!r}" for k, v in pre.model.items())
             lines.append(f"  - model: `dict({model})`")
-    for info, title in ((row.ade20k, "ADE20K"), (row.coco, "COCO")):
+    for info, title in ((row.ade20k, "ADE20K"), (row.coco, "COCO"), (row.imagenet, "ImageNet fine-tuning")):
         lines.append(f"- {title}: **{info.status}**")
         if info.status == "finished":
             metrics = ", ".join(f"{k}={v:g}" for k, v in info.metrics.items())
@@ -219,10 +248,24 @@ def _run_section(row: Row, out_dir: Path) -> list[str]:
                       f"  - commit: `{info.commit or '-'}`; tested: {info.time or '-'}; "
                       f"world size: {info.world_size if info.world_size is not None else '-'}",
                       f"  - metrics: {metrics}"]
+            if info.tta_metrics:
+                lines.append("  - test-time augmentation: "
+                             + ", ".join(f"{k}={v:g}" for k, v in info.tta_metrics.items()))
         if info.dumped_config:
             dumped = _rel(info.dumped_config, out_dir)
             lines.append(f"  - dumped config: [{dumped}]({dumped})")
+    lines += _probe_lines(row.linear_probe)
     return lines + [""]
+
+
+def _probe_lines(probe: ProbeStage) -> list[str]:
+    """The linear probe's seeds and their top-1 / top-5."""
+    lines = [f"- linear probe: **{probe.status}**"]
+    if probe.seeds:
+        lines.append(f"  - config: `{probe.config or '-'}`; commit: `{probe.commit or '-'}`")
+        lines += [f"  - seed {seed}: " + ", ".join(f"{k}={v:g}" for k, v in metrics.items())
+                  for seed, metrics in sorted(probe.seeds.items())]
+    return lines
 
 
 def render_markdown(rows: list[Row], cells: list[dict[str, str]], base: Row | None, plots: dict[str, Path],
@@ -236,12 +279,15 @@ def render_markdown(rows: list[Row], cells: list[dict[str, str]], base: Row | No
              "## Results", ""]
     lines += _results_table(rows, cells)
     lines += ["",
-              "mIoU in %, two decimals; AP = COCO mAP x 100, one decimal; all from each stage's test_results.json. "
+              "mIoU in %, two decimals (ms+flip: the --tta test, test_results_tta.json); AP = COCO mAP x 100, one "
+              "decimal; top-1 in %, one decimal; all from each stage's test results. Linear probe: mean ± standard "
+              "deviation over its seeds. "
               f"Final pretrain loss: mean of the last {FINAL_LOSS_WINDOW} logged training losses. Deltas: row minus "
               "baseline, from the values as shown.",
               "*missing*: no work dir for the stage (or the metric was not reported); *unfinished*: a work dir "
               "without test_results.json, or pretraining without the checkpoint of its last epoch; *none*: the "
               "variant has no pretraining (e.g. random init).", ""]
+    lines += _comparison_section(rows) + [""]
     lines += _published_section()
     lines += [""] + _plots_section(plots, out_dir)
     lines += ["## Runs (configs and commits)", ""]

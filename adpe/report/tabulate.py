@@ -1,19 +1,20 @@
 """Report rows as table cells: values formatted as displayed, deltas against the baseline row.
 
 A cell is always a string. A value that is absent shows its stage's status ("missing", "unfinished",
-"none"), never 0; a delta is "baseline" in the baseline row and "n/a" where the baseline has no value.
+"none"), never 0; a delta is "baseline" in the baseline row and "n/a" where the baseline has no value. A mean over
+seeds shows their standard deviation: "45.2 ± 1.3".
 """
 
 from __future__ import annotations
 
 from adpe.report.records import VALUE_METRICS, Metric, Row
 
+TRANSFER_STAGES = ("ade20k", "coco", "imagenet", "linear_probe")
 CSV_COLUMNS = (
     "name", "label", "baseline", "pretrain_variant",
-    "ade20k_miou", "ade20k_miou_delta", "coco_ap_box", "coco_ap_box_delta", "coco_ap_mask", "coco_ap_mask_delta",
-    "pretrain_loss", "pretrain_loss_delta",
-    "pretrain_status", "ade20k_status", "coco_status",
-    "pretrain_config", "ade20k_config", "coco_config", "commit",
+    *(f"{m.key}{suffix}" for m in VALUE_METRICS for suffix in ("", "_delta")),
+    "pretrain_status", *(f"{stage}_status" for stage in TRANSFER_STAGES),
+    "pretrain_config", *(f"{stage}_config" for stage in TRANSFER_STAGES), "commit",
 )
 
 
@@ -56,7 +57,10 @@ def _metric_cells(row: Row, base: Row, metric: Metric) -> tuple[str, str]:
         delta = "n/a"
     else:
         delta = format_value(value - base_value, metric.decimals, sign=True)
-    return format_value(value, metric.decimals), delta
+    shown = format_value(value, metric.decimals)
+    if metric.key in row.spread:
+        shown += f" ± {format_value(row.spread[metric.key], metric.decimals)}"
+    return shown, delta
 
 
 def table_rows(rows: list[Row], baseline: str | None = None) -> list[dict[str, str]]:
@@ -68,15 +72,11 @@ def table_rows(rows: list[Row], baseline: str | None = None) -> list[dict[str, s
                  "pretrain_variant": row.pretrain_variant}
         for metric in VALUE_METRICS:
             cells[metric.key], cells[f"{metric.key}_delta"] = _metric_cells(row, base, metric)
-        cells.update({
-            "pretrain_status": row.pretrain.status,
-            "ade20k_status": row.ade20k.status,
-            "coco_status": row.coco.status,
-            "pretrain_config": row.pretrain_config or "",
-            "ade20k_config": row.ade20k.config or "",
-            "coco_config": row.coco.config or "",
-            "commit": row.commit or "",
-        })
+        cells.update({"pretrain_status": row.pretrain.status, "pretrain_config": row.pretrain_config or "",
+                      "commit": row.commit or ""})
+        for stage in TRANSFER_STAGES:
+            cells[f"{stage}_status"] = row.stages[stage].status
+            cells[f"{stage}_config"] = row.stages[stage].config or ""
         out.append({column: str(cells[column]) for column in CSV_COLUMNS})
     return out
 
@@ -85,5 +85,5 @@ def json_row(row: Row, cells: dict[str, str]) -> dict:
     """A row of results.json: the row's provenance, its raw values, its cells and its stages without series."""
     return {"name": row.name, "label": row.label, "baseline": bool(cells["baseline"]), "dir": row.dir,
             "pretrain_variant": row.pretrain_variant, "pretrain_config": row.pretrain_config,
-            "commit": row.commit, "values": dict(row.values), "cells": cells,
+            "commit": row.commit, "values": dict(row.values), "spread": dict(row.spread), "cells": cells,
             "stages": {stage: info.summary() for stage, info in row.stages.items()}}

@@ -1,0 +1,11 @@
+# ImageNet-1k fine-tuning of an RPE-pretrained ViT-B/16 (MAE+ RPE, AdPE RPE embedding / coordinate): the APE
+# recipe (finetune_adpe_vitb.py) with the release README's effective batch 4096 for RPE models, lr = 5e-4 x
+# 4096 / 256. The backbone takes the checkpoint's iRPE tables, with the continuous lookup after RPE-coordinate
+# pretraining (the release's --pe_type 2). Published (release README, 400 pretraining epochs): MAE+ RPE 84.2,
+# AdPE RPE embedding 84.3, RPE coordinate 84.4.
+#   tools/dist_train.sh benchmarks/imagenet/finetune_adpe_vitb_rpe.py 8 \
+#       --cfg-options model.backbone.init_cfg.checkpoint=PATH
+_base_ = ['./finetune_adpe_vitb.py']
+effective_batch = 4096  # 8 GPUs x 128 images x 4 accumulation steps
+auto_scale_lr = dict(base_batch_size=4096)
+optim_wrapper = dict(optimizer=dict(lr=8e-3))  # base lr 5e-4 x 4096 / 256
