@@ -33,8 +33,8 @@ from adpe.report.records import RUN_FILE, SEED_DIR, RunInfo
 
 # The checkout: every stage runs a script of tools/ from here, with relative paths as in the YAML configs.
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("data", "pretrain", "export", "reconstruction", "ade20k", "ade20k_test", "ade20k_tta", "coco", "coco_test",
-          "imagenet", "imagenet_test", "linear_probe", "linear_probe_test", "report")
+STAGES = ("data", "pretrain", "export", "reconstruction", "ade20k", "ade20k_tta", "coco", "imagenet", "linear_probe",
+          "report")
 # Lines of a stage's output echoed to the console (everything goes to the stage's log).
 PROGRESS_MARKERS = ("- INFO - Epoch(train)", "- INFO - Iter(train)", "- INFO - Iter(val) [", "_mAP_copypaste",
                     "Error", "Traceback", "[adpe]")
@@ -77,10 +77,10 @@ class PipelineConfig:
 
     def gpus_for(self, stage: str) -> int:
         """GPUs (processes) of a training or test stage: ``gpus`` itself when it is a number; else its entry for
-        the stage, a test stage falling back to its training stage's (``coco_test`` -> ``coco``)."""
+        the stage, the --tta test falling back to its training stage's (``ade20k_tta`` -> ``ade20k``)."""
         if isinstance(self.gpus, int):
             return self.gpus
-        for key in (stage, stage.removesuffix("_test").removesuffix("_tta")):
+        for key in (stage, stage.removesuffix("_tta")):
             if key in self.gpus:
                 return self.gpus[key]
         raise SystemExit(f"[pipeline] gpus has no entry for the {stage!r} stage: give one per stage, e.g. "
@@ -131,9 +131,13 @@ class Step:
 
 def transfer_steps(cfg: PipelineConfig, variant: RunInfo, task: str, backbone: Path | None, spec: dict,
                    work: Path, seed: int | None = None) -> list[Step]:
-    """Train and test steps of ``task`` ("ade20k", "coco", "imagenet" or "linear_probe") in ``work``, from
-    ``backbone`` (None: random init), as ``spec`` {config, cfg_options, tta} says; ``seed``: the run's
-    ``randomness.seed``."""
+    """The steps of ``task`` ("ade20k", "coco", "imagenet" or "linear_probe") in ``work``, from ``backbone`` (None:
+    random init), as ``spec`` {config, cfg_options, tta} says; ``seed``: the run's ``randomness.seed``.
+
+    Training tests its final model in the same process (``--test`` writes test_results.json): a separate test
+    process (or Slurm job, queued again) would cost more than the test itself. ``tta: true`` adds the
+    multi-scale + flip test of that checkpoint (tools/dist_test.sh --tta, test_results_tta.json).
+    """
     data = cfg.data["imagenet" if task == "linear_probe" else task]
     options = [f"{loader}.dataset.data_root={data}/" for loader in
                ("train_dataloader", "val_dataloader", "test_dataloader")]
@@ -145,13 +149,15 @@ def transfer_steps(cfg: PipelineConfig, variant: RunInfo, task: str, backbone: P
         options.append(f"randomness.seed={seed}")
     init = [f"model.backbone.init_cfg.checkpoint={backbone}"] if backbone else ["model.backbone.init_cfg=None"]
     amp = ["--amp"] if cfg.amp else []
-    train = Step(task, variant.name, ["bash", "tools/dist_train.sh", spec["config"], str(cfg.gpus_for(task)),
-                                      "--work-dir", str(work), *amp, "--cfg-options", *init, *options], work, seed)
-    tests = [(f"{task}_test", [])] + ([(f"{task}_tta", ["--tta"])] if spec.get("tta") else [])
-    return [train] + [Step(stage, variant.name, ["bash", "tools/dist_test.sh", spec["config"], LatestCheckpoint(work),
-                                                 str(cfg.gpus_for(stage)), "--work-dir", str(work), *flags,
-                                                 "--cfg-options", *options], work, seed)
-                      for stage, flags in tests]
+    steps = [Step(task, variant.name, ["bash", "tools/dist_train.sh", spec["config"], str(cfg.gpus_for(task)),
+                                       "--work-dir", str(work), *amp, "--test", "--cfg-options", *init, *options],
+                  work, seed)]
+    if spec.get("tta"):
+        steps.append(Step(f"{task}_tta", variant.name, ["bash", "tools/dist_test.sh", spec["config"],
+                                                         LatestCheckpoint(work), str(cfg.gpus_for(f"{task}_tta")),
+                                                         "--work-dir", str(work), "--tta", "--cfg-options", *options],
+                          work, seed))
+    return steps
 
 
 def variant_transfer_steps(cfg: PipelineConfig, variant: RunInfo, backbone: Path | None) -> list[Step]:
@@ -242,10 +248,8 @@ def run_step(step: Step, index: int, total: int, started: float) -> None:
 # What a stage reads from earlier stages (of its own variant, or the shared data stage): a Slurm job waits for
 # these when they are submitted with it. The report waits for every other job.
 PREDECESSORS = {"pretrain": ("data",), "export": ("pretrain",), "reconstruction": ("pretrain",),
-                "ade20k": ("data", "export"), "ade20k_test": ("ade20k",), "ade20k_tta": ("ade20k",),
-                "coco": ("data", "export"), "coco_test": ("coco",),
-                "imagenet": ("data", "export"), "imagenet_test": ("imagenet",),
-                "linear_probe": ("data", "export"), "linear_probe_test": ("linear_probe",)}
+                "ade20k": ("data", "export"), "ade20k_tta": ("ade20k",), "coco": ("data", "export"),
+                "imagenet": ("data", "export"), "linear_probe": ("data", "export")}
 # Our torchrun launchers -> their Slurm twins, and how many positional arguments come before GPUS in the
 # torchrun launcher's command line (dist_test.sh CONFIG CHECKPOINT GPUS ...; the others CONFIG GPUS ...).
 SLURM_LAUNCHERS = {"tools/pretrain.sh": ("tools/slurm_pretrain.sh", 1),
@@ -254,8 +258,8 @@ SLURM_LAUNCHERS = {"tools/pretrain.sh": ("tools/slurm_pretrain.sh", 1),
 
 
 def predecessors(step: Step, steps: list[Step]) -> list[Step]:
-    """The steps of ``steps`` that ``step`` reads from (``PREDECESSORS``; a probe's test, its own seed's training);
-    for the report, all others."""
+    """The steps of ``steps`` that ``step`` reads from (``PREDECESSORS``, of its own seed if it has one); for the
+    report, all others."""
     if step.stage == "report":
         return [s for s in steps if s is not step]
     wanted = PREDECESSORS.get(step.stage, ())

@@ -57,12 +57,8 @@ def test_dry_run_lists_every_command_in_order(config, tmp_path, capsys):
             if task == "coco":
                 ann = f"{root}/annotations/instances_val2017.json"
                 data += f" val_evaluator.ann_file={ann} test_evaluator.ann_file={ann}"
-            expected += [
-                f"bash tools/dist_train.sh {cfg} 8 --work-dir {v}/{task} --amp --cfg-options "
-                f"model.backbone.init_cfg.checkpoint={v}/backbone.pth {data}",
-                f"bash tools/dist_test.sh {cfg} $(cat {v}/{task}/last_checkpoint) 8 --work-dir {v}/{task} "
-                f"--cfg-options {data}",
-            ]
+            expected.append(f"bash tools/dist_train.sh {cfg} 8 --work-dir {v}/{task} --amp --test --cfg-options "
+                            f"model.backbone.init_cfg.checkpoint={v}/backbone.pth {data}")
     expected.append(f"{py} tools/report.py {work} --out {work}/report")
     assert lines == expected
 
@@ -72,7 +68,7 @@ def test_random_init_row_has_no_pretraining_and_no_checkpoint(tmp_path):
     path.write_text(TWO_VARIANTS.format(work=tmp_path / "w").replace(
         "pretrain: pretrain/adpe_vitb_rpe_coord.py", "pretrain: null"))
     steps = [s for s in plan(PipelineConfig.load(path)) if s.variant == "adpe_rpe_coord"]
-    assert [s.stage for s in steps] == ["ade20k", "ade20k_test", "coco", "coco_test"]
+    assert [s.stage for s in steps] == ["ade20k", "coco"]
     assert "model.backbone.init_cfg=None" in steps[0].command
 
 
@@ -115,15 +111,16 @@ def test_run_files_are_what_the_report_reads(config, tmp_path, monkeypatch):
 
 
 # --launcher slurm: each stage an sbatch job after the stages it reads; variants side by side; the report last.
-PER_STAGE_GPUS = "gpus: {pretrain: 32, ade20k: 8, coco: 16}"
+PER_STAGE_GPUS = "gpus: {pretrain: 32, ade20k: 8, ade20k_tta: 16, coco: 16}"
 CHAINS = {"pretrain": [], "export": ["pretrain"], "reconstruction": ["pretrain"], "ade20k": ["export"],
-          "ade20k_test": ["ade20k"], "coco": ["export"], "coco_test": ["coco"]}
+          "ade20k_tta": ["ade20k"], "coco": ["export"]}
 
 
 @pytest.fixture
 def cluster_config(tmp_path) -> Path:
     path = tmp_path / "cluster.yaml"
-    path.write_text(TWO_VARIANTS.format(work=tmp_path / "work").replace("gpus: 8", PER_STAGE_GPUS))
+    path.write_text(TWO_VARIANTS.format(work=tmp_path / "work").replace("gpus: 8", PER_STAGE_GPUS)
+                    .replace("upernet_adpe_vitb.py}", "upernet_adpe_vitb.py, tta: true}"))
     return path
 
 
@@ -147,7 +144,7 @@ def test_slurm_dry_run_prints_dependent_sbatch_lines(cluster_config, tmp_path, c
           "--sbatch-args=--time=3-00:00:00"])
     lines = capsys.readouterr().out.strip().splitlines()
     jobs = sbatch_jobs(lines)
-    assert [job["var"] for job in jobs.values()] == [f"J{n}" for n in range(1, 16)]
+    assert [job["var"] for job in jobs.values()] == [f"J{n}" for n in range(1, 14)]
     order = list(jobs)
     for variant in ("mae_plus_rpe", "adpe_rpe_coord"):
         for stage, before in CHAINS.items():
@@ -157,20 +154,21 @@ def test_slurm_dry_run_prints_dependent_sbatch_lines(cluster_config, tmp_path, c
             assert job["kind"] == ("afterok" if before else "") and job["opts"]["time"] == "3-00:00:00"
             assert job["opts"]["partition"] == "gpu" and job["opts"]["kill-on-invalid-dep"] == "yes"
             marker = tmp_path / "work" / variant / ("" if stage in ("export", "reconstruction") else
-                                                    stage.removesuffix("_test")) / f".{stage}.done"
+                                                    stage.removesuffix("_tta")) / f".{stage}.done"
             assert job["wrap"].endswith(f" && date +%Y-%m-%dT%H:%M:%S > {marker}")
-        pretrain, test = jobs[f"work.{variant}.pretrain"], jobs[f"work.{variant}.coco_test"]
+        pretrain, test = jobs[f"work.{variant}.pretrain"], jobs[f"work.{variant}.ade20k_tta"]
         assert pretrain["wrap"].startswith("env GPUS=32 GPUS_PER_NODE=8 CPUS_PER_TASK=10 bash tools/slurm_pretrain.sh "
                                            f"gpu work.{variant}.pretrain pretrain/")
         assert (pretrain["opts"]["nodes"], pretrain["opts"]["ntasks"], pretrain["opts"]["gres"]) == ("4", "32", "gpu:8")
         assert test["wrap"].startswith("env GPUS=16 GPUS_PER_NODE=8 CPUS_PER_TASK=5 bash tools/slurm_test.sh gpu "
-                                       f"work.{variant}.coco_test benchmarks/coco/mask_rcnn_adpe_vitb.py "
-                                       f"$(cat {tmp_path}/work/{variant}/coco/last_checkpoint) --work-dir")
+                                       f"work.{variant}.ade20k_tta benchmarks/ade20k/upernet_adpe_vitb.py "
+                                       f"$(cat {tmp_path}/work/{variant}/ade20k/last_checkpoint) --work-dir")
+        assert " --tta " in test["wrap"] and " --test " in jobs[f"work.{variant}.coco"]["wrap"]
         assert "tools/slurm_train.sh gpu" in jobs[f"work.{variant}.ade20k"]["wrap"]
     # the two variants side by side: neither waits for the other; the report waits for everything, last
     assert jobs["work.adpe_rpe_coord.pretrain"]["after"] == []
     assert order[-1] == "work.report" and jobs["work.report"]["kind"] == "afterany"
-    assert jobs["work.report"]["after"] == [f"$J{n}" for n in range(1, 15)]
+    assert jobs["work.report"]["after"] == [f"$J{n}" for n in range(1, 13)]
     assert not (tmp_path / "work").exists()  # a dry run writes nothing
 
 
@@ -208,12 +206,12 @@ def test_slurm_resubmission_skips_finished_stages(cluster_config, tmp_path, monk
     assert "work.mae_plus_rpe.pretrain" not in jobs and "work.mae_plus_rpe.export" not in jobs
     ids = {name: str(101 + n) for n, name in enumerate(jobs)}
     assert "dependency" not in jobs["work.mae_plus_rpe.ade20k"]  # its backbone is there: it starts at once
-    assert jobs["work.mae_plus_rpe.ade20k_test"]["dependency"] == f"afterok:{ids['work.mae_plus_rpe.ade20k']}"
+    assert jobs["work.mae_plus_rpe.ade20k_tta"]["dependency"] == f"afterok:{ids['work.mae_plus_rpe.ade20k']}"
     assert jobs["work.adpe_rpe_coord.export"]["dependency"] == f"afterok:{ids['work.adpe_rpe_coord.pretrain']}"
     assert jobs["work.report"]["dependency"] == "afterany:" + ":".join(
         ids[name] for name in jobs if name != "work.report")
     out = capsys.readouterr().out
-    assert "# mae_plus_rpe pretrain: done before, skipped" in out and "submitted 13 jobs" in out
+    assert "# mae_plus_rpe pretrain: done before, skipped" in out and "submitted 11 jobs" in out
     work = tmp_path / "work"
     assert (work / "mae_plus_rpe" / "run.json").is_file() and not (work / "env.json").exists()
     assert (work / "adpe_rpe_coord" / "coco").is_dir()  # sbatch writes the job's log there
@@ -221,13 +219,52 @@ def test_slurm_resubmission_skips_finished_stages(cluster_config, tmp_path, monk
 
 def test_per_stage_gpu_counts(cluster_config, tmp_path):
     cfg = PipelineConfig.load(cluster_config)
-    assert [cfg.gpus_for(s) for s in ("pretrain", "ade20k", "ade20k_test", "coco", "coco_test")] == [32, 8, 8, 16, 16]
+    assert [cfg.gpus_for(s) for s in ("pretrain", "ade20k", "ade20k_tta", "coco")] == [32, 8, 16, 16]
     steps = {(s.variant, s.stage): s for s in plan(cfg)}
     assert steps["mae_plus_rpe", "pretrain"].command[3] == "32"  # tools/pretrain.sh CONFIG GPUS
-    assert steps["mae_plus_rpe", "coco_test"].command[4] == "16"  # tools/dist_test.sh CONFIG CHECKPOINT GPUS
+    assert steps["mae_plus_rpe", "ade20k_tta"].command[4] == "16"  # tools/dist_test.sh CONFIG CHECKPOINT GPUS
+    cfg.gpus = {"pretrain": 32, "ade20k": 8, "coco": 8}
+    assert cfg.gpus_for("ade20k_tta") == 8  # the --tta test falls back to its training stage's count
     cfg.gpus = {"pretrain": 32}
     with pytest.raises(SystemExit, match="no entry for the 'ade20k' stage"):
         plan(cfg)
     with pytest.raises(SystemExit, match="32 GPUs do not fill nodes of 6"):
         main(["--config", str(cluster_config), "--launcher", "slurm", "--partition", "gpu", "--gpus-per-node", "6",
               "--dry-run"])
+
+
+PROTOCOLS = """
+ade20k: {{config: benchmarks/ade20k/upernet_adpe_vitb.py, tta: true}}
+coco: {{config: benchmarks/coco/cascade_mask_rcnn_adpe_vitb.py}}
+imagenet:
+  finetune: {{config: benchmarks/imagenet/finetune_adpe_vitb_rpe.py}}
+  linear_probe: {{config: benchmarks/imagenet/linear_probe_adpe_vitb.py, seeds: [0, 1, 2]}}
+"""
+
+
+def test_protocol_stages_ms_flip_test_fine_tuning_and_one_probe_per_seed(tmp_path, capsys):
+    path = tmp_path / "protocols.yaml"
+    text = TWO_VARIANTS.format(work=tmp_path / "work").split("ade20k: {")[0] + PROTOCOLS.format()
+    path.write_text(text.replace("gpus: 8", "gpus: {pretrain: 32, ade20k: 8, coco: 8, imagenet: 32, linear_probe: 8}"))
+    steps = [s for s in plan(PipelineConfig.load(path)) if s.variant == "adpe_rpe_coord"]
+    assert [s.stage for s in steps] == ["pretrain", "export", "reconstruction", "ade20k", "ade20k_tta", "coco",
+                                        "imagenet", "linear_probe", "linear_probe", "linear_probe"]
+    v = tmp_path / "work" / "adpe_rpe_coord"
+    tta = steps[4].shell()
+    assert f"--work-dir {v}/ade20k --tta --cfg-options" in tta and tta.startswith("bash tools/dist_test.sh")
+    finetune = steps[6].shell()
+    assert finetune.startswith("bash tools/dist_train.sh benchmarks/imagenet/finetune_adpe_vitb_rpe.py 32 ")
+    assert f"model.backbone.init_cfg.checkpoint={v}/backbone.pth" in finetune
+    assert "train_dataloader.dataset.data_root=/data/in1k/" in finetune
+    probes = steps[7:]
+    for seed, probe in enumerate(probes):
+        assert probe.seed == seed and probe.work_dir == v / "linear_probe" / f"seed_{seed}"
+        assert probe.command[:5] == ["bash", "tools/dist_train.sh", "benchmarks/imagenet/linear_probe_adpe_vitb.py",
+                                     "8", "--work-dir"]
+        assert "--test" in probe.command and probe.command[-1] == f"randomness.seed={seed}"
+    # on Slurm every probe waits for the backbone only, the report for everything
+    main(["--config", str(path), "--launcher", "slurm", "--partition", "gpu", "--dry-run"])
+    jobs = sbatch_jobs(capsys.readouterr().out.strip().splitlines())
+    export = jobs["work.adpe_rpe_coord.export"]["var"]
+    assert [jobs[f"work.adpe_rpe_coord.linear_probe.seed{s}"]["after"] for s in range(3)] == [[f"${export}"]] * 3
+    assert jobs["work.adpe_rpe_coord.ade20k_tta"]["after"] == [f"${jobs['work.adpe_rpe_coord.ade20k']['var']}"]

@@ -346,6 +346,8 @@ def test_baseline_option_statuses_and_no_adversary(tmp_path):
     (scratch / "run.json").write_text(json.dumps({"name": "random_init", "label": "Random init",
                                                   "pretrain_config": None}))
     _ade20k(scratch, [(20, 1.0)], 1.5)
+    _probes(short, {0: 30.0, 1: 31.0, 2: 32.0})
+    _probes(scratch, {0: 20.0, 1: 22.0})
 
     rows = report.collect_rows([run])
     assert [r.name for r in rows] == ["mae_short", "random_init"]
@@ -371,6 +373,9 @@ def test_baseline_option_statuses_and_no_adversary(tmp_path):
         assert_png(paths[key])
     text = paths["md"].read_text()
     assert "0.7500 (unfinished)" in text
+    assert "- MAE+ short: 31.0 ± 1.0 against 21.0 ± 1.4 (Random init): +10.0 points, +7.1 × the larger seed std " \
+        "(1.4): **above 3 std**." in text
+    assert "No row has: ADE20K mIoU ms+flip, COCO AP box, COCO AP mask, ImageNet fine-tune top-1." in text
     assert "_Not plotted: no adversarial variant._" in text
     assert json.loads(paths["json"].read_text())["baseline"] == "random_init"
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Evaluate a trained checkpoint on GPUS processes; writes WORK_DIR/test_results.json (or --metrics-json FILE).
+# Evaluate a trained checkpoint on GPUS processes; writes WORK_DIR/test_results.json (test_results_tta.json with
+# --tta, or --metrics-json FILE).
 # dist_test.sh CONFIG CHECKPOINT GPUS [--work-dir DIR] [--metrics-json FILE] [--out PATH] [--show-dir DIR] [--tta]
 #     [--cfg-options k=v ...]   (every option goes to tools/test.py; --out, --show-dir, --tta as in mmseg / mmdet)
 set -euo pipefail

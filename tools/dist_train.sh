@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Train (pretraining, ADE20K, COCO) on GPUS processes: dist_train.sh CONFIG GPUS [args...]
-# args: --work-dir DIR, --resume [CKPT], --amp, --vis tensorboard|wandb, --auto-scale-lr, --cfg-options k=v ...;
+# Train (pretraining, ADE20K, COCO, ImageNet) on GPUS processes: dist_train.sh CONFIG GPUS [args...]
+# args: --work-dir DIR, --resume [CKPT], --amp, --test, --vis tensorboard|wandb, --auto-scale-lr,
+#       --cfg-options k=v ...;
 # multi-node: see tools/launch.sh.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
-    echo "usage: $0 CONFIG GPUS [--work-dir DIR] [--resume [CKPT]] [--amp] [--vis tensorboard|wandb ...]" \
+    echo "usage: $0 CONFIG GPUS [--work-dir DIR] [--resume [CKPT]] [--amp] [--test] [--vis tensorboard|wandb ...]" \
         "[--auto-scale-lr] [--cfg-options k=v ...]" >&2
     exit 2
 fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Slurm launcher for tools/train.py (pretraining, ADE20K, COCO): slurm_train.sh PARTITION JOB_NAME CONFIG [args...]
+# Slurm launcher for tools/train.py (pretraining, ADE20K, COCO, ImageNet):
+# slurm_train.sh PARTITION JOB_NAME CONFIG [args...]
 # GPUS (8 total), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS set the allocation.
 set -euo pipefail
 if [[ $# -lt 3 ]]; then

@@ -1,4 +1,4 @@
-"""Evaluate a trained mmseg / mmdet checkpoint and write the metrics as JSON in the work dir.
+"""Evaluate a trained mmseg / mmdet / mmpretrain checkpoint and write the metrics as JSON in the work dir.
 
 python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--metrics-json FILE] [--out PATH] [--show-dir DIR]
                      [--tta] [--cfg-options k=v ...]
@@ -9,22 +9,14 @@ python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--metrics-json FILE] [-
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import os.path as osp
-import subprocess
 
 from mmengine.config import DictAction
-from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
 import adpe.mm  # noqa: F401  (registers the suite's modules)
 from adpe.checkpoint import fetch_checkpoint
-from adpe.mm.engine import AtomicLocalBackend
 from adpe.mm.inference import configure_test, use_trained_backbone
-from adpe.mm.runner import build_config
-from adpe.report.records import TEST_RESULTS
+from adpe.mm.runner import build_config, write_test_results
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,14 +36,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=osp.dirname(osp.abspath(__file__)), check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:  # a URL is downloaded once into the checkpoint cache; the runner then reads that local copy
@@ -62,23 +46,9 @@ def main(argv=None) -> dict:
     use_trained_backbone(cfg, args.checkpoint)
     cfg.load_from, cfg.resume = args.checkpoint, False
     configure_test(cfg, show_dir=args.show_dir, tta=args.tta, out=args.out)
-    runner = Runner.from_cfg(cfg)
-    metrics = runner.test()
-    result = {
-        "config": args.config,
-        "checkpoint": osp.abspath(args.checkpoint),
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "tta": args.tta,
-        "time": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": _commit(),
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-    }
-    # adpe.report reads both: a --tta test sits beside the single-scale one instead of replacing it
-    metrics_json = args.metrics_json or osp.join(cfg.work_dir, TEST_RESULTS[args.tta])
-    if is_main_process():
-        AtomicLocalBackend().put_text(json.dumps(result, indent=2), metrics_json)
-        print(f"[adpe] metrics written to {metrics_json}: {result['metrics']}")
-    return result
+    metrics = Runner.from_cfg(cfg).test()
+    return write_test_results(args.config, args.checkpoint, metrics, cfg.work_dir, tta=args.tta,
+                              path=args.metrics_json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Train from an mmengine config: pretraining (pretrain/), ADE20K (mmseg) and COCO (mmdet) transfer.
+"""Train from an mmengine config: pretraining (pretrain/), ADE20K (mmseg), COCO (mmdet) and ImageNet (mmpretrain).
 
-One process:      python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]]
+One process:      python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]] [--test]
                   [--vis tensorboard|wandb ...] [--auto-scale-lr] [--cfg-options k=v ...]
 Distributed:      tools/pretrain.sh / tools/dist_train.sh (torchrun, --launcher pytorch), tools/slurm_*.sh
 """
@@ -8,12 +8,13 @@ Distributed:      tools/pretrain.sh / tools/dist_train.sh (torchrun, --launcher 
 from __future__ import annotations
 
 import argparse
+import os.path as osp
 
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 import adpe.mm  # noqa: F401  (registers the suite's modules)
-from adpe.mm.runner import VIS_BACKENDS, build_config
+from adpe.mm.runner import VIS_BACKENDS, build_config, write_test_results
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--auto-scale-lr", action="store_true",
                         help="mmdet's linear lr scaling by actual batch / auto_scale_lr.base_batch_size, instead "
                         "of keeping the config's effective_batch by gradient accumulation")
+    parser.add_argument("--test", action="store_true",
+                        help="after training, test the final model on the config's test split and write "
+                        "WORK_DIR/test_results.json, as tools/test.py does with the newest checkpoint")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="override config entries, e.g. model.backbone.init_cfg.checkpoint=PATH")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
@@ -42,7 +46,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = build_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, launcher=args.launcher,
                        resume=args.resume, amp=args.amp, vis=args.vis, auto_scale_lr=args.auto_scale_lr)
-    Runner.from_cfg(cfg).train()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    if args.test:  # in the same process: the start-up of a second one costs more than a small test set
+        with open(osp.join(cfg.work_dir, "last_checkpoint")) as pointer:  # mmengine's record of what it saved last
+            checkpoint = pointer.read().strip()
+        write_test_results(args.config, checkpoint, runner.test(), cfg.work_dir)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ GENERATOR_VERSION: int = 2
 #: Dataset sizes of :func:`write_all`, per scale.
 SCALES: dict[str, dict[str, dict[str, int]]] = {
     "demo": {
-        "imagenet": {"n_per_class": 64, "n_val_per_class": 40, "size": 128},
+        "imagenet": {"n_per_class": 32, "n_val_per_class": 40, "size": 128},
         "ade20k": {"n_train": 160, "n_val": 32, "size": 128},
         "coco": {"n_train": 160, "n_val": 32, "size": 128},
     },
@@ -444,7 +444,7 @@ def _materialise(root: str | os.PathLike[str], params: dict[str, Any], force: bo
     return root
 
 
-def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 64, size: int = 128, seed: int = 0,
+def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 32, size: int = 128, seed: int = 0,
                    n_val_per_class: int = 40, force: bool = False, class_appearance: bool = False) -> Path:
     """Write ``root/{train,val}/<class>/<i>.JPEG`` (``n_per_class`` / ``n_val_per_class`` per class).
 

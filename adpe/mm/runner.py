@@ -7,11 +7,19 @@ in a user's script, mmseg's or mmdet's ``tools/train.py`` and our launchers all 
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
 import os.path as osp
+import subprocess
 from collections.abc import Iterable
 
 import torch
 from mmengine.config import Config, ConfigDict
+from mmengine.dist import is_main_process
+
+from adpe.mm.engine import AtomicLocalBackend
+from adpe.report.records import TEST_RESULTS
 
 # --vis NAME -> mmengine's backend, written beside LocalVisBackend (its vis_data/scalars.json is what
 # adpe.report reads, so it always stays).
@@ -88,3 +96,33 @@ def use_auto_scale_lr(cfg: Config, config: str) -> None:
                          "set for); it keeps its effective batch by gradient accumulation instead")
     cfg.auto_scale_lr.enable = True
     cfg.effective_batch = None
+
+
+def _commit() -> str:
+    """The checkout's git commit (short), or 'unknown'."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=osp.dirname(osp.abspath(__file__)), check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_test_results(config: str, checkpoint: str, metrics: dict, work_dir: str, *, tta: bool = False,
+                       path: str | None = None) -> dict:
+    """The test metrics with their provenance (config, checkpoint, commit, time, world size), written atomically
+    by the main process to ``path`` (default: ``WORK_DIR/test_results.json``, ``test_results_tta.json`` for a
+    test-time-augmented test: adpe.report reads both). Returns the record."""
+    result = {
+        "config": config,
+        "checkpoint": osp.abspath(checkpoint),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "tta": tta,
+        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": _commit(),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+    path = path or osp.join(work_dir, TEST_RESULTS[tta])
+    if is_main_process():
+        AtomicLocalBackend().put_text(json.dumps(result, indent=2), path)
+        print(f"[adpe] metrics written to {path}: {result['metrics']}")
+    return result

@@ -161,16 +161,39 @@ def _rel(path: str | None, out_dir: Path) -> str:
 
 
 def _results_table(rows: list[Row], cells: list[dict[str, str]]) -> list[str]:
-    """The main table: a value and a delta column per VALUE_METRICS metric."""
-    header = ["Variant", "Label", "Pretraining"] + [h for m in VALUE_METRICS for h in (m.label, f"Δ {m.short}")]
+    """The main table: a value and a delta column per VALUE_METRICS metric that some row has (results.csv keeps
+    them all); a line names the metrics no row has."""
+    shown = [m for m in VALUE_METRICS if any(row.values[m.key] is not None for row in rows)] or list(VALUE_METRICS)
+    header = ["Variant", "Label", "Pretraining"] + [h for m in shown for h in (m.label, f"Δ {m.short}")]
     body = []
     for row, cell in zip(rows, cells, strict=True):
         values = {m.key: [cell[m.key], cell[f"{m.key}_delta"]] for m in VALUE_METRICS}
         if row.values[PRETRAIN_LOSS.key] is not None and cell["pretrain_status"] != "finished":
             values[PRETRAIN_LOSS.key][0] += f" ({cell['pretrain_status']})"  # a loss, but of an unfinished run
         name = f"**{cell['name']}** (baseline)" if cell["baseline"] else cell["name"]
-        body.append([name, cell["label"], cell["pretrain_variant"], *(c for m in VALUE_METRICS for c in values[m.key])])
-    return _md_table(header, body)
+        body.append([name, cell["label"], cell["pretrain_variant"], *(c for m in shown for c in values[m.key])])
+    hidden = [m.label for m in VALUE_METRICS if m not in shown]
+    return _md_table(header, body) + (["", f"No row has: {', '.join(hidden)}."] if hidden else [])
+
+
+def _probe_margins(rows: list[Row]) -> list[str]:
+    """Each pretrained row's linear-probe top-1 against the random-init row's (the row without pretraining), in
+    points and in units of the larger of the two rows' standard deviations over seeds."""
+    key = "linear_probe_top1"
+    scratch = next((r for r in rows if r.pretrain.status == "none" and r.values.get(key) is not None), None)
+    pretrained = [r for r in rows if r is not scratch and r.pretrain.status != "none" and r.values.get(key) is not None]
+    if scratch is None or not pretrained:
+        return []
+    lines = ["## Linear probe: pretrained rows against random init", ""]
+    for row in pretrained:
+        margin = row.values[key] - scratch.values[key]
+        spread = max(row.spread.get(key, 0.0), scratch.spread.get(key, 0.0))
+        ratio = f"{margin / spread:+.1f} × the larger seed std ({spread:.1f})" if spread else "no seed spread"
+        verdict = "above 3 std" if spread and margin > 3 * spread else "not above 3 std"
+        lines.append(f"- {row.label}: {row.values[key]:.1f} ± {row.spread.get(key, 0.0):.1f} against "
+                     f"{scratch.values[key]:.1f} ± {scratch.spread.get(key, 0.0):.1f} ({scratch.label}): "
+                     f"{margin:+.1f} points, {ratio}: **{verdict}**.")
+    return lines + [""]
 
 
 def _published_section() -> list[str]:
@@ -287,6 +310,7 @@ def render_markdown(rows: list[Row], cells: list[dict[str, str]], base: Row | No
               "*missing*: no work dir for the stage (or the metric was not reported); *unfinished*: a work dir "
               "without test_results.json, or pretraining without the checkpoint of its last epoch; *none*: the "
               "variant has no pretraining (e.g. random init).", ""]
+    lines += _probe_margins(rows)
     lines += _comparison_section(rows) + [""]
     lines += _published_section()
     lines += [""] + _plots_section(plots, out_dir)

@@ -3,7 +3,7 @@ _base_ = ['../_base_/pretrain_runtime.py']
 data_root = 'data/demo/imagenet'
 effective_batch = None  # take accumulative_counts as written: one step per batch of 16 images
 batch_size = 16
-epochs = 12
+epochs = 10  # 160 steps on the 256 demo images
 warmup_epochs = 2
 model = dict(size='tiny')
 train_dataloader = dict(batch_size=batch_size, num_workers=2, persistent_workers=True, pin_memory=False,
@@ -16,4 +16,4 @@ param_scheduler = [
          begin=warmup_epochs, end=epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(max_epochs=epochs)
-default_hooks = dict(logger=dict(interval=5), checkpoint=dict(interval=4, max_keep_ckpts=1))
+default_hooks = dict(logger=dict(interval=5), checkpoint=dict(interval=5, max_keep_ckpts=1))
