@@ -134,9 +134,21 @@ def test_frozen_backbone_stays_in_eval_mode_and_out_of_the_optimiser():
     assert not model.backbone.training and not any(b.training for b in model.backbone.blocks)
     assert model.neck.training  # the BatchNorm before the head does learn its statistics
     assert not any(p.requires_grad for p in model.backbone.parameters())
-    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    optimised = {id(p) for group in wrapper.optimizer.param_groups for p in group["params"]}
-    assert optimised == {id(p) for p in model.head.parameters()}
+    for optim_wrapper in (cfg.optim_wrapper, Config.fromfile(ROOT / "benchmarks/imagenet/linear_probe_adpe_vitb.py")
+                          .optim_wrapper):  # the demo's SGD and the recipe's LARS
+        wrapper = build_optim_wrapper(model, optim_wrapper)
+        trained = {id(p) for group in wrapper.optimizer.param_groups for p in group["params"] if p.requires_grad}
+        assert trained == {id(p) for p in model.head.parameters()}
+    # one step: the backbone and its buffers stay as they were, the head moves
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = torch.randn(4, 3, 112, 112)
+    from mmpretrain.structures import DataSample
+
+    samples = [DataSample().set_gt_label(i % 8) for i in range(4)]
+    wrapper.update_params(model.loss(inputs, samples)["loss"])
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    assert not torch.equal(before["head.fc.weight"], after["head.fc.weight"])
 
 
 # ------------------------------------------------------------------------------------------- LARS

@@ -213,8 +213,9 @@ def test_seg_test_time_augmentation_runs(seg_run, ade_data, tmp_path):
     done = dist_test(seg_run.config, seg_run.checkpoint, "--work-dir", str(tmp_path), "--tta",
                      *seg_data_options(ade_data))
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "test_results.json").read_text())
+    result = json.loads((tmp_path / "test_results_tta.json").read_text())  # beside a single-scale test's file
     assert result["tta"] is True and 0 <= result["metrics"]["mIoU"] <= 100
+    assert not (tmp_path / "test_results.json").exists()
 
 
 def test_det_test_with_tta_dumps_predictions_and_draws(det_run, coco_data, tmp_path):
@@ -230,7 +231,7 @@ def test_det_test_with_tta_dumps_predictions_and_draws(det_run, coco_data, tmp_p
     assert len(predictions) == 2 and all(len(p["pred_instances"]["masks"]) > 0 for p in predictions)
     assert all(len(p["pred_instances"]["masks"]) == len(p["pred_instances"]["bboxes"]) for p in predictions)
     assert len(list(show.glob("*.jpg"))) == 2
-    assert json.loads((tmp_path / "test_results.json").read_text())["tta"] is True
+    assert json.loads((tmp_path / "test_results_tta.json").read_text())["tta"] is True
 
 
 # ---------------------------------------------------------------- tools/infer.py
