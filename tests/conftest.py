@@ -52,6 +52,27 @@ def timm_block_outputs():
     return _timm_block_outputs
 
 
+def _random_timm_vit(**kw):
+    """A tiny timm VisionTransformer (the release fixture's dimensions: 112^2, 192-d, 4 blocks, 3 heads, 10
+    classes unless ``kw`` says otherwise) with non-trivial values in every tensor, norms and biases included."""
+    import torch
+
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.models.VisionTransformer(**{"img_size": 112, "patch_size": 16, "embed_dim": 192, "depth": 4,
+                                             "num_heads": 3, "num_classes": 10, **kw}).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.05)
+    return model
+
+
+@pytest.fixture
+def random_timm_vit():
+    """``(**kw) -> a tiny timm VisionTransformer with random non-trivial weights``, for parity checks."""
+    return _random_timm_vit
+
+
 def _write_release_rpe_coordinate_checkpoint(path: Path) -> Path:
     """A release-format AdPE RPE-coordinate pretraining checkpoint at ``path``: the MAE+ RPE fixture's weights
     plus the per-layer ``adv_shift`` (delta) and ``no_shift`` tensors, ``args.adv_type`` 2."""

@@ -95,18 +95,6 @@ def files_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
-def random_timm_vit(**kw):
-    """A tiny timm VisionTransformer (the fixture's dimensions) with non-trivial values in every tensor."""
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    model = timm.models.VisionTransformer(img_size=112, patch_size=16, embed_dim=192, depth=4, num_heads=3,
-                                          num_classes=10, **kw).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(std=0.05)
-    return model
-
-
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
@@ -269,7 +257,8 @@ def test_safetensors_file_gives_the_same_backbone_as_the_pth(server, cache, tmp_
 # ------------------------------------------------------------------------------------------------ layouts
 @pytest.mark.mm
 @pytest.mark.parametrize("global_pool, classifier_norm", [("token", "norm.weight"), ("avg", "fc_norm.weight")])
-def test_timm_state_dict_loads_with_timm_block_outputs(global_pool, classifier_norm, tmp_path, timm_block_outputs):
+def test_timm_state_dict_loads_with_timm_block_outputs(global_pool, classifier_norm, tmp_path, timm_block_outputs,
+                                                       random_timm_vit):
     reference = random_timm_vit(global_pool=global_pool)
     state = reference.state_dict()
     assert classifier_norm in state
@@ -287,7 +276,7 @@ def test_timm_state_dict_loads_with_timm_block_outputs(global_pool, classifier_n
         assert (a - b).abs().max() <= 1e-4
 
 
-def test_timm_features_the_backbone_lacks_are_refused_by_name():
+def test_timm_features_the_backbone_lacks_are_refused_by_name(random_timm_vit):
     with pytest.raises(CheckpointMismatchError, match=r"register tokens .*reg_token"):
         to_backbone_state(random_timm_vit(reg_tokens=2).state_dict())
     with pytest.raises(CheckpointMismatchError, match=r"layer scale .*blocks\.0\.ls1\.gamma"):
@@ -323,7 +312,7 @@ def to_mmpretrain(mae_state: dict) -> dict:
 
 
 @pytest.mark.mm
-def test_mmpretrain_mae_layout_gives_the_mae_layout_block_outputs(tmp_path):
+def test_mmpretrain_mae_layout_gives_the_mae_layout_block_outputs(tmp_path, random_timm_vit):
     encoder = {k: v for k, v in random_timm_vit().state_dict().items() if not k.startswith("head.")}
     torch.save({"model": {**encoder, "mask_token": torch.zeros(1, 1, 64)}}, tmp_path / "mae.pth")
     neck = {k: torch.randn(shape) for k, shape in MMPRETRAIN_NECK.items()}

@@ -47,23 +47,12 @@ def pretrained(path) -> dict:
     return dict(type="Pretrained", checkpoint=str(path))
 
 
-def random_timm_vit(**kw):
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    model = timm.models.VisionTransformer(img_size=112, patch_size=16, embed_dim=192, depth=4, num_heads=3,
-                                          num_classes=0, **kw).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(std=0.05)  # non-trivial values everywhere, norms included
-    return model
-
-
 # ------------------------------------------------------------------------------------------- parity
 @pytest.mark.parametrize("global_pool, pool", [("avg", "avg"), ("token", "cls")])
-def test_pooled_feature_matches_timm(global_pool, pool, tmp_path):
+def test_pooled_feature_matches_timm(global_pool, pool, tmp_path, random_timm_vit):
     """timm's pre-logits feature: fc_norm of the mean patch token (global_pool='avg'), or the normalised cls
     token; the weights travel in the MAE release layout (decoder tensors beside the encoder's)."""
-    reference = random_timm_vit(global_pool=global_pool)
+    reference = random_timm_vit(global_pool=global_pool, num_classes=0)
     path = tmp_path / "mae_release.pth"
     torch.save({"model": {**reference.state_dict(), "mask_token": torch.zeros(1, 1, 64),
                           "decoder_embed.weight": torch.zeros(64, 192)}}, path)
