@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,13 @@ def test_missing_data_root_fails_at_start_naming_the_path(tmp_path):
     cfg = tiny_cfg("pretrain/demo/mae_plus_vit_tiny_ape.py", tmp_path / "nowhere", tmp_path / "wd", epochs=1)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         Runner.from_cfg(cfg).train()
+
+
+def test_test_flag_without_a_test_split_fails_before_training(tmp_path):
+    done = subprocess.run([sys.executable, "tools/train.py", "pretrain/demo/mae_plus_vit_tiny_ape.py", "--work-dir",
+                           str(tmp_path / "wd"), "--test"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "has no test_dataloader / test_evaluator" in done.stderr
+    assert not (tmp_path / "wd").exists()  # nothing was built or written
 
 
 def test_adversary_hook_projects_only_after_a_parameter_update():

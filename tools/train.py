@@ -46,6 +46,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = build_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, launcher=args.launcher,
                        resume=args.resume, amp=args.amp, vis=args.vis, auto_scale_lr=args.auto_scale_lr)
+    if args.test and not all(cfg.get(key) for key in ("test_dataloader", "test_evaluator")):
+        raise SystemExit(f"error: --test: {args.config} has no test_dataloader / test_evaluator to test with "
+                         "(pretraining configs have none); drop --test")
     runner = Runner.from_cfg(cfg)
     runner.train()
     if args.test:  # in the same process: the start-up of a second one costs more than a small test set
