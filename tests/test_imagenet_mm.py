@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -171,6 +172,15 @@ def test_every_imagenet_config_builds(path):
     assert model.backbone.mode == "cls"
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     assert wrapper.optimizer.param_groups
+    # both data pipelines run on an image (loading aside) and give the backbone's input size
+    from mmcv.transforms import Compose
+
+    image = np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8)
+    for loader in ("train_dataloader", "test_dataloader"):
+        pipeline = Compose(cfg[loader].dataset.pipeline[1:])  # after LoadImageFromFile
+        packed = pipeline({"img": image.copy(), "img_shape": image.shape[:2], "ori_shape": image.shape[:2],
+                           "gt_label": 3})
+        assert packed["inputs"].shape == (3, *(2 * (cfg.model.backbone.img_size,)))
     if path.name == "finetune_adpe_vitb.py":
         assert cfg.effective_batch == 1024 and cfg.optim_wrapper.optimizer.lr == pytest.approx(5e-4 * 1024 / 256)
         assert cfg.train_cfg.max_epochs == 100 and model.backbone.pool == "avg"
