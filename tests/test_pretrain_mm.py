@@ -246,3 +246,48 @@ def test_auto_scale_lr_needs_a_base_batch_size():
         assert Config.fromfile(ROOT / config).auto_scale_lr == dict(enable=False, base_batch_size=base)
         cfg = build_config(str(ROOT / config), auto_scale_lr=True)
         assert cfg.auto_scale_lr.enable and cfg.effective_batch is None
+
+
+def test_non_finite_loss_stops_training_naming_iteration_terms_and_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    from adpe.mm.engine import NonFiniteLossHook
+
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "epoch_3.pth"))
+    runner = SimpleNamespace(iter=41, work_dir=str(tmp_path), optim_wrapper=SimpleNamespace())
+    hook = NonFiniteLossHook()
+    hook.after_train_iter(runner, 0, outputs={"loss": torch.tensor(0.5), "acc": torch.tensor(float("nan"))})
+    with pytest.raises(FloatingPointError, match=r"iteration 42: non-finite loss, loss_mask \(loss=nan, loss_cls=0\.3, "
+                                                 r"loss_mask=nan\); newest checkpoint: .*epoch_3\.pth \(resume"):
+        hook.after_train_iter(runner, 0, outputs={"loss": torch.tensor(float("nan")), "loss_cls": 0.3,
+                                                  "loss_mask": torch.tensor(float("inf")) * 0})
+    for config in PRETRAIN_CONFIGS + sorted((ROOT / "benchmarks").glob("*/*.py")):
+        assert {"type": "NonFiniteLossHook"} in Config.fromfile(config).custom_hooks, config
+
+
+def test_fp16_steps_skipped_in_a_row_stop_training(tmp_path):
+    """Under fp16 a finite loss can hide overflowing gradients: the scaler lowers its scale at every skipped step.
+    Twenty in a row stop the run; a step that goes through (scale kept) starts the count again; accumulation
+    iterations without a step do not count."""
+    from types import SimpleNamespace
+
+    from adpe.mm.engine import NonFiniteLossHook
+
+    scaler = SimpleNamespace(scale=2.0**16, is_enabled=lambda: True)
+    scaler.get_scale = lambda: scaler.scale
+    wrapper = SimpleNamespace(loss_scaler=scaler, update=True)
+    wrapper.should_update = lambda: wrapper.update
+    runner = SimpleNamespace(iter=0, work_dir=str(tmp_path), optim_wrapper=wrapper)
+    hook = NonFiniteLossHook(max_skipped=3)
+
+    def iteration(skipped: bool, update: bool = True) -> None:
+        wrapper.update = update
+        scaler.scale /= 2 if skipped and update else 1
+        hook.after_train_iter(runner, 0, outputs={"loss": 1.0})
+        runner.iter += 1
+
+    for skipped, update in ((False, True), (True, True), (True, True), (False, True), (True, True), (True, False),
+                            (True, True)):
+        iteration(skipped, update)  # never three skipped steps in a row
+    with pytest.raises(FloatingPointError, match="skipped 3 steps in a row .*no checkpoint written yet"):
+        iteration(True)

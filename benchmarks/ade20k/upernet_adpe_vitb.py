@@ -11,7 +11,7 @@ _base_ = [
 custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 # Records the backbone's resolved 'auto' settings in the saved config and checkpoints; EffectiveBatchHook keeps
 # 16 images per optimiser step on any GPU count by gradient accumulation (4 GPUs x 2 images: 2 steps).
-custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook')]
+custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook')]
 effective_batch = 16
 # The alternative, mmdet's --auto-scale-lr: lr x (GPUs x batch_size) / 16, no accumulation (our launchers then
 # set effective_batch = None: one mechanism at a time).

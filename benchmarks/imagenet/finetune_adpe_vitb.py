@@ -14,7 +14,7 @@ custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 # images per optimiser step on any GPU count by gradient accumulation (8 GPUs x 128 images: 1 step).
 # EMA of the weights (optional in the release's recipe): add dict(type='EMAHook', momentum=1e-4) (mmengine's
 # hook; decay 0.9999) to this list.
-custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook')]
+custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook')]
 effective_batch = 1024
 # The alternative, --auto-scale-lr: lr x (GPUs x batch_size) / base_batch_size, no accumulation.
 auto_scale_lr = dict(enable=False, base_batch_size=1024)

@@ -7,7 +7,7 @@
 #       --cfg-options model.backbone.init_cfg.checkpoint=PATH
 _base_ = ['mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py', 'mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
-custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook')]
+custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook')]
 effective_batch = 16384  # 8 GPUs x 512 images x 4 accumulation steps
 auto_scale_lr = dict(enable=False, base_batch_size=16384)
 base_lr = 0.1

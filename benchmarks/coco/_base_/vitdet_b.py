@@ -7,7 +7,7 @@ _base_ = ['mmdet::common/lsj-100e_coco-instance.py']
 custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 # Records the backbone's resolved 'auto' settings in the saved config and checkpoints; EffectiveBatchHook keeps
 # 64 images per optimiser step on any GPU count by gradient accumulation (4 GPUs x 8 images: 2 steps).
-custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook')]
+custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook')]
 effective_batch = 64
 # The alternative, mmdet's --auto-scale-lr: lr x (GPUs x batch_size) / 64, no accumulation (our launchers then
 # set effective_batch = None: one mechanism at a time).
