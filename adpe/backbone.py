@@ -102,10 +102,9 @@ def _class_token(mode: str, pool: str, requested: bool | None) -> bool:
     """Whether the token sequence starts with a cls token: always in seg mode (its maps follow the release's
     fine-tuning ViT), never in det mode (ViTDet), by default in cls mode, where only average pooling can do
     without it."""
-    fixed = {"seg": True, "det": False}.get(mode)
-    needed = mode == "cls" and pool == "cls"
-    wanted = (fixed if fixed is not None else True) if requested is None else bool(requested)
-    if (fixed is not None and wanted != fixed) or (needed and not wanted):
+    default = mode != "det"
+    wanted = default if requested is None else bool(requested)
+    if wanted != default and (mode != "cls" or pool == "cls"):
         raise ValueError(f"class_token={requested} is not possible in {mode!r} mode"
                          + (f" with pool={pool!r}" if mode == "cls" else "")
                          + ": seg mode always has a cls token, det mode never, cls mode needs one for pool='cls'")

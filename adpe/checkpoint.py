@@ -370,7 +370,7 @@ def fit_to_backbone(state: dict, backbone: torch.nn.Module) -> tuple[dict, dict[
               "norm.": "final norm unused (final_norm=False, or average pooling with fc_norm)",
               "fc_norm.": "norm of the pooled classification feature (used in cls mode with pool='avg' only)"}
     for key in list(state):
-        reason = next((why for name, why in unused.items() if key == name or key.startswith(name)), None)
+        reason = next((why for prefix, why in unused.items() if key.startswith(prefix)), None)
         if reason and key not in target:
             state.pop(key)
             dropped[key] = reason

@@ -169,7 +169,7 @@ def variant_transfer_steps(cfg: PipelineConfig, variant: RunInfo, backbone: Path
         if spec:
             steps += transfer_steps(cfg, variant, task, backbone, spec, vdir / task)
     probe = cfg.imagenet.get("linear_probe")
-    for seed in (probe or {}).get("seeds", [0]) if probe else []:
+    for seed in probe.get("seeds", [0]) if probe else []:
         steps += transfer_steps(cfg, variant, "linear_probe", backbone, probe,
                                 vdir / "linear_probe" / SEED_DIR.format(seed), seed)
     return steps
