@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from adpe.pos_embed import grid_coords, sincos_2d_at
-from adpe.rpe import continuous_lookup, grid_lookup, grid_offsets
+from adpe.rpe import continuous_grid_lookups, grid_lookup
 from adpe.vit import RelPos
 
 Position = Literal["ape", "rpe"]
@@ -131,10 +131,9 @@ class PositionAdversary(nn.Module):
         mode: the unperturbed ``lookup`` kind plus the layer's row gain for masked queries (never the cls row).
         """
         deltas = getattr(self, stack)
-        if self.mode == "coordinate":
-            offsets = grid_offsets(*grid, device=mask.device)[None]  # (1, L, L, 2)
-            shift = mask[:, :, None, None]  # rows of masked queries move by delta
-            return [RelPos(continuous_lookup(offsets + shift * d.to(offsets.dtype))) for d in deltas]
+        if self.mode == "coordinate":  # one bilinear lookup per layer, for all layers at once
+            lookups = continuous_grid_lookups(*grid, torch.stack(list(deltas)), shifted_queries=mask.bool())
+            return [RelPos(lookup) for lookup in lookups]
         unperturbed = grid_lookup(*grid, lookup, device=mask.device)
         query_mask = torch.cat([mask.new_zeros(mask.shape[0], 1), mask], dim=1)  # cls first, never perturbed
         return [RelPos(unperturbed, RowGain(d, query_mask)) for d in deltas]

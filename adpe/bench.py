@@ -6,9 +6,10 @@ driver parses it (so that each pair's peak memory is its own). This module holds
 
 * the command line both scripts have in common (``add_dtypes_option``, ``add_run_options``, ``parse_checked``)
   and ``dispatch``, which runs the worker or the driver;
-* worker helpers: thread count and seed, random inputs, bf16 autocast, timing, peak memory;
-* driver helpers: launching a worker and parsing its result, the load-average warning, table and target
-  printing, and the JSON report.
+* worker helpers: thread count and seed, random inputs, bf16 autocast, timing, peak memory, FLOP counting;
+* driver helpers: launching a worker and parsing its result, the load-average warning, the hardware's peak
+  rates (datasheet and a measured matmul) and the utilisation against them, table and target printing, and
+  the JSON report.
 
 The scripts import it as ``from adpe import bench``; it imports torch only inside the worker helpers, so
 a driver starts fast.
@@ -189,6 +190,105 @@ def model_fields(model: torch.nn.Module) -> Result:
     import torch
 
     return {"parameters": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads()}
+
+
+def _attention_flop(q: Any, k: Any, v: Any) -> int:
+    """Two batched matmuls, q @ k^T and p @ v: 2 FLOP per multiply-add. Shapes (B, H, S, D)."""
+    b, h, s_q, d_q = q
+    s_k, d_v = k[-2], v[-1]
+    return 2 * b * h * s_q * s_k * (d_q + d_v)
+
+
+def _cpu_attention_flop(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+    return _attention_flop(query, key, value)
+
+
+def _cpu_attention_backward_flop(grad: Any, query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+    return 2 * _attention_flop(query, key, value)  # dq, dk, dv and dp: four matmuls
+
+
+def count_flops(forward_backward: Callable[[], Any]) -> int:
+    """FLOP of one call of ``forward_backward`` (run it in fp32): matmuls, convolutions and attention."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    # FlopCounterMode counts the CUDA attention kernels but not the fused CPU one that SDPA picks on CPU.
+    custom: dict[Any, Callable[..., int]] = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        custom[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_attention_flop
+        custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _cpu_attention_backward_flop
+    counter = FlopCounterMode(display=False, custom_mapping=custom)
+    with counter:
+        forward_backward()
+    return int(counter.get_total_flops())
+
+
+# ---------------------------------------------------------------------------------------------- hardware peaks
+#: Dense (no sparsity) peak TFLOP/s from NVIDIA's A100, H100 and H200 datasheets: bf16 on tensor cores, and fp32
+#: without TF32 (torch keeps TF32 off for matmuls by default, and the benchmarks' fp32 runs do too). Keys are
+#: matched against ``torch.cuda.get_device_name()``, the longest first ('H100 PCIe' before 'H100' = SXM).
+DATASHEET_TFLOPS: dict[str, dict[str, float]] = {
+    "A100": {"bf16": 312.0, "fp32": 19.5},
+    "H100 PCIe": {"bf16": 756.0, "fp32": 51.0},
+    "H100": {"bf16": 989.0, "fp32": 67.0},
+    "H200 NVL": {"bf16": 835.0, "fp32": 60.0},
+    "H200": {"bf16": 989.0, "fp32": 67.0},
+}
+
+
+def datasheet_peak(device_name: str) -> tuple[str, dict[str, float]] | None:
+    """(card, peaks by dtype) for a known card in ``device_name``, else None (CPUs, other GPUs)."""
+    for card in sorted(DATASHEET_TFLOPS, key=len, reverse=True):
+        if card.lower() in device_name.lower():
+            return card, DATASHEET_TFLOPS[card]
+    return None
+
+
+def measure_matmul_tflops(device_name: str, dtype: str, side: int | None = None, repeats: int = 5) -> float:
+    """The best TFLOP/s of a square ``side`` x ``side`` matmul in ``dtype`` on ``device_name`` ('cpu' or
+    'cuda'): what this machine can reach, against which the step's rate is also shown."""
+    import torch
+
+    device = torch.device(device_name)
+    side = side or (8192 if device.type == "cuda" else 1024)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = (torch.randn(side, side, generator=generator).to(device, torch_dtype) for _ in range(2))
+    times, _ = time_steps(lambda: a @ b, warmup=2, steps=repeats, device=device)
+    return 2 * side**3 / min(times) / 1e12
+
+
+def utilisation_fields(result: Result, peaks: dict[str, float]) -> Result:
+    """The result's achieved TFLOP/s and its fraction of each peak of its dtype (``peaks``: name -> TFLOP/s)."""
+    if result.get("flop_per_step") is None:
+        return {"tflop_per_s": None, "utilisation": {}}
+    rate = result["flop_per_step"] / result["seconds_per_step"] / 1e12
+    return {"tflop_per_s": rate, "utilisation": {name: rate / peak for name, peak in peaks.items()}}
+
+
+def hardware_peaks(device: str, device_name: str, dtypes: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per dtype, the peaks the utilisation is measured against: the card's datasheet rate (when known) and a
+    measured matmul; printed as a small table."""
+    card = datasheet_peak(device_name) if device == "cuda" else None
+    peaks = {dtype: {"matmul": measure_matmul_tflops(device, dtype)} for dtype in dtypes}
+    for dtype in dtypes:
+        if card:
+            peaks[dtype]["datasheet"] = card[1][dtype]
+    print(f"\npeak rates (TFLOP/s) of {device_name}: measured = best square matmul here; datasheet = dense "
+          f"{'rate of the ' + card[0] if card else 'rate (no datasheet entry for this device)'}")
+    rows = [[dtype, f"{peaks[dtype]['matmul']:.2f}", fmt(peaks[dtype].get("datasheet"), ".1f")] for dtype in dtypes]
+    print_aligned(["dtype", "measured matmul", "datasheet"], rows, right={1, 2})
+    known = ", ".join(f"{c} {v['bf16']:.0f} (bf16) / {v['fp32']:.1f} (fp32)" for c, v in DATASHEET_TFLOPS.items())
+    print(f"datasheet table: {known}")
+    return peaks
+
+
+def utilisation_text(result: Result) -> str:
+    """'12.3% sheet, 40.1% matmul' for the table ('-' when the step's FLOP were not counted)."""
+    parts = [f"{100 * value:.1f}% {'sheet' if name == 'datasheet' else name}"
+             for name, value in sorted(result.get("utilisation", {}).items(), reverse=True)]
+    return ", ".join(parts) or "-"
 
 
 # ---------------------------------------------------------------------------------------------- driver

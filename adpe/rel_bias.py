@@ -31,7 +31,9 @@ class RelPosBias(nn.Module):
         if tuple(grid) != self.grid:
             raise ValueError(f"relative position bias was built for a {self.grid} grid, got {tuple(grid)}; "
                              "use slide inference with the training crop size")
-        return self.table[self.index].permute(2, 0, 1)[None].to(q.dtype)
+        # Contiguous, as timm's Beit hands it to SDPA: the fused CUDA kernels read a mask whose last dim has unit
+        # stride, and the bare permute would leave it at num_heads.
+        return self.table[self.index].permute(2, 0, 1).contiguous()[None].to(q.dtype)
 
 
 class DecomposedRelPos(nn.Module):

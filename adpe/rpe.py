@@ -15,15 +15,19 @@ exactly (docs/method.md), so released tables load unchanged:
   the point given as (x = row value, y = col value) -- transposed with respect to the discrete layout, as the
   released code does.
 
-A lookup is expressed as up to four (bucket id, weight) corners per (query, key) pair, so both kinds share
-one gather: the discrete lookup is one corner of weight 1.
+Two lookups, two ways of reading the table:
+
+* ``Lookup`` (discrete): one bucket id per (query, key) pair, read by a gather.
+* ``BilinearLookup`` (continuous): bilinear weights factor over the table's two axes, one from d_col and one
+  from d_row, so the logits are two small batched matmuls (7 x 7 buckets -> key rows -> key columns) instead of
+  a (N, N, 49) mixing tensor. A per-sample shift of some queries' offsets (RPE coordinate mode) only changes
+  those queries' (key row, bucket) weights, which stay small.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -62,30 +66,35 @@ def grid_offsets(height: int, width: int, device: torch.device | str | None = No
 
 @dataclass(frozen=True)
 class Lookup:
-    """Where every (query, key) pair reads the table.
+    """Where every (query, key) pair reads the table (discrete lookups).
 
-    ids: (B or 1, N, N, K) long bucket ids; weights: same shape float, or None for K = 1 with weight 1.
-    N counts the cls token when the lookup was built with ``cls_token=True``.
+    ids: (1, N, N, 1) long bucket ids; N counts the cls token when the lookup was built with ``cls_token=True``.
     """
 
     ids: Tensor
-    weights: Tensor | None = None
 
-    @cached_property
-    def mixing(self) -> Tensor:
-        """The lookup as a dense (B or 1, N, N, num_buckets) matrix of corner weights (differentiable in them).
 
-        Built once per lookup: the blocks that share a lookup share it.
-        """
-        dense = self.weights.new_zeros(*self.ids.shape[:-1], NUM_BUCKETS)
-        return dense.scatter_add(-1, self.ids, self.weights)
+@dataclass(frozen=True)
+class BilinearLookup:
+    """A continuous lookup on an h x w grid, factored over the table's two axes.
+
+    col_weights: (B|1, L, w, 7), for each query cell and key column, the 1-D bilinear weights of the table's
+        first axis (which the release samples with d_col);
+    row_weights: (B|1, L, h, 7), the same for each key row and the table's second axis (sampled with d_row);
+    cls_token: whether the attention sequence has a cls token first (N = 1 + L); every pair with it reads
+        bucket 49 with weight 1.
+    The bucket weight of pair (i, (r, c)) is ``col_weights[i, c, a] * row_weights[i, r, b]`` for bucket a * 7 + b.
+    """
+
+    col_weights: Tensor
+    row_weights: Tensor
+    cls_token: bool = True
 
 
 def _add_cls(values: Tensor, fill: float | int) -> Tensor:
-    """Pad (B, n, n, K) to (B, n+1, n+1, K), the cls row and column filled with ``fill`` in corner 0."""
+    """Pad (1, n, n, 1) to (1, n+1, n+1, 1), the cls row and column filled with ``fill``."""
     b, n, _, k = values.shape
-    out = values.new_zeros(b, n + 1, n + 1, k)
-    out[..., 0] = fill
+    out = values.new_full((b, n + 1, n + 1, k), fill)
     out[:, 1:, 1:] = values
     return out
 
@@ -101,30 +110,57 @@ def discrete_lookup(height: int, width: int, cls_token: bool = True, device=None
     return Lookup(ids)
 
 
-def continuous_lookup(offsets: Tensor, cls_token: bool = True) -> Lookup:
-    """Bilinear lookup at (possibly fractional) offsets, differentiable in ``offsets``.
+def bilinear_weights(offsets: Tensor) -> Tensor:
+    """1-D weights (..., 7) with which an axis of the 7 x 7 table is sampled at (possibly fractional) offsets.
 
-    offsets: (B or 1, n, n, 2) as (d_row, d_col) between grid cells; returns ids and weights (B, N, N, 4).
-    Corners that fall outside the 7 x 7 grid get weight 0 (grid_sample's zero padding).
+    The offset goes through the piecewise magnitude, is clamped to [-beta, beta] and mapped to a pixel position
+    as grid_sample does with align_corners=False; each of the 7 cells gets the tent weight max(0, 1 - |pix - a|),
+    which is linear interpolation between the two neighbouring cells with zeros outside the table.
     """
-    side = GRID_SIDE
     scaled = piecewise_magnitude(offsets).clamp(-BETA, BETA) / BETA  # in [-1, 1]
-    # grid_sample, align_corners=False: pixel = ((u + 1) * size - 1) / 2. x (row value) indexes table columns.
-    pix = ((scaled + 1) * side - 1) / 2
-    col_pix, row_pix = pix[..., 0], pix[..., 1]
-    col0, row0 = col_pix.floor(), row_pix.floor()
-    col_frac, row_frac = col_pix - col0, row_pix - row0
-    ids, weights = [], []
-    for dr, wr in ((0, 1 - row_frac), (1, row_frac)):
-        for dc, wc in ((0, 1 - col_frac), (1, col_frac)):
-            r, c = row0 + dr, col0 + dc
-            inside = (r >= 0) & (r < side) & (c >= 0) & (c < side)
-            ids.append((r.clamp(0, side - 1) * side + c.clamp(0, side - 1)).long())
-            weights.append(wr * wc * inside)
-    ids_t, weights_t = torch.stack(ids, dim=-1), torch.stack(weights, dim=-1)
-    if cls_token:
-        ids_t, weights_t = _add_cls(ids_t, NUM_BUCKETS - 1), _add_cls(weights_t, 1.0)
-    return Lookup(ids_t, weights_t)
+    pix = ((scaled + 1) * GRID_SIDE - 1) / 2
+    cells = torch.arange(GRID_SIDE, device=offsets.device, dtype=pix.dtype)
+    return (1 - (pix[..., None] - cells).abs()).clamp(min=0)
+
+
+def _axis_offsets(size: int, device, dtype: torch.dtype) -> Tensor:
+    """(size, size) offsets query - key along one axis of the grid."""
+    pos = torch.arange(size, device=device, dtype=dtype)
+    return pos[:, None] - pos[None, :]
+
+
+def continuous_grid_lookups(
+    height: int,
+    width: int,
+    shifts: Tensor | None = None,
+    shifted_queries: Tensor | None = None,
+    cls_token: bool = True,
+    device=None,
+) -> list[BilinearLookup]:
+    """Bilinear lookups of a grid: the unperturbed one, or one per shift (differentiable in it).
+
+    shifts: None, or (S, 2) as (d_row, d_col) added to the offsets of every query flagged in ``shifted_queries``
+    (B, L) bool (all queries when that is None). -> [1 lookup] or S lookups; for all S in one vectorised call.
+    """
+    device, dtype = (shifts.device, shifts.dtype) if shifts is not None else (device, torch.float32)
+    rows, cols = _axis_offsets(height, device, dtype), _axis_offsets(width, device, dtype)  # (h, h), (w, w)
+    query_row = torch.arange(height * width, device=device) // width  # which weights each query cell takes
+    query_col = torch.arange(height * width, device=device) % width
+    plain_row = bilinear_weights(rows)[query_row][None]  # (1, L, h, 7)
+    plain_col = bilinear_weights(cols)[query_col][None]  # (1, L, w, 7)
+    if shifts is None:
+        return [BilinearLookup(plain_col, plain_row, cls_token)]
+    moved_row = bilinear_weights(rows + shifts[:, 0, None, None])[:, query_row]  # (S, L, h, 7)
+    moved_col = bilinear_weights(cols + shifts[:, 1, None, None])[:, query_col]  # (S, L, w, 7)
+    lookups = []
+    for row_w, col_w in zip(moved_row, moved_col, strict=True):
+        if shifted_queries is not None:
+            flags = shifted_queries[:, :, None, None]
+            row_w, col_w = torch.where(flags, row_w, plain_row), torch.where(flags, col_w, plain_col)
+        else:
+            row_w, col_w = row_w[None], col_w[None]
+        lookups.append(BilinearLookup(col_w, row_w, cls_token))
+    return lookups
 
 
 LOOKUP_KINDS = ("discrete", "continuous")
@@ -138,37 +174,47 @@ def check_lookup_kind(kind: str) -> str:
     return kind
 
 
-def grid_lookup(height: int, width: int, kind: str, cls_token: bool = True, device=None) -> Lookup:
+def grid_lookup(height: int, width: int, kind: str, cls_token: bool = True, device=None) -> Lookup | BilinearLookup:
     """The unperturbed lookup of a grid: ``kind`` 'discrete' (rounded buckets) or 'continuous' (bilinear)."""
     if check_lookup_kind(kind) == "discrete":
         return discrete_lookup(height, width, cls_token=cls_token, device=device)
-    return continuous_lookup(grid_offsets(height, width, device=device)[None], cls_token=cls_token)
+    return continuous_grid_lookups(height, width, cls_token=cls_token, device=device)[0]
 
 
-# Above this many (query, key, bucket) entries a dense mixing matrix costs too much memory (256 MB in fp32).
-DENSE_MIX_LIMIT = 64 * 2**20
-
-
-def contextual_rpe(q: Tensor, table: Tensor, lookup: Lookup) -> Tensor:
+def contextual_rpe(q: Tensor, table: Tensor, lookup: Lookup | BilinearLookup) -> Tensor:
     """Relative logits ``q_i . r_{b(i,j)}`` (bilinear mix of buckets for a continuous lookup).
 
-    q: (B, H, N, head_dim); table: (1 or H, head_dim, num_buckets); returns (B, H, N, N). Projects q
-    onto the few buckets first (cheap). A discrete lookup then gathers; a continuous one mixes the buckets with
-    a dense weight matrix -- a small matmul whose backward avoids four slow scatter-adds -- unless that matrix
-    would be too large (detection-size global attention), where it gathers its four corners.
+    q: (B, H, N, head_dim); table: (1 or H, head_dim, num_buckets); returns (B, H, N, N). Projects q onto the
+    few buckets first (cheap), then gathers (discrete) or mixes the buckets axis by axis (continuous).
     """
-    b, h, n, _ = q.shape
     per_bucket = q @ table.to(q.dtype)  # (B, H, N, num_buckets)
-    ids = lookup.ids
-    if lookup.weights is None:
-        return per_bucket.gather(-1, ids[..., 0][:, None].expand(b, h, n, n))
-    if ids.shape[0] * n * n * per_bucket.shape[-1] <= DENSE_MIX_LIMIT:
-        mixing = lookup.mixing.to(per_bucket.dtype)  # (B|1, N, N, K)
-        return torch.einsum("bhik,bijk->bhij", per_bucket, mixing.expand(b, -1, -1, -1))
-    out = 0
-    for corner in range(ids.shape[-1]):
-        picked = per_bucket.gather(-1, ids[..., corner][:, None].expand(b, h, n, n))
-        out = out + picked * lookup.weights[..., corner][:, None].to(picked.dtype)
+    if isinstance(lookup, BilinearLookup):
+        return _read_bilinear(per_bucket, lookup)
+    b, h, n, _ = per_bucket.shape
+    return per_bucket.gather(-1, lookup.ids[..., 0][:, None].expand(b, h, n, n))
+
+
+def _read_bilinear(per_bucket: Tensor, lookup: BilinearLookup) -> Tensor:
+    """(B, H, N, num_buckets) per-bucket logits -> (B, H, N, N) through a ``BilinearLookup``.
+
+    For query i: logits[i, (r, c)] = sum_{a, b} P[i, a, b] * col_weights[i, c, a] * row_weights[i, r, b], where P
+    is its 7 x 7 grid of per-bucket logits; first over b (-> key rows), then over a (-> key columns).
+    """
+    b, h, n, _ = per_bucket.shape
+    first = 1 if lookup.cls_token else 0
+    cells, grid_rows, grid_cols = n - first, lookup.row_weights.shape[-2], lookup.col_weights.shape[-2]
+    dtype = per_bucket.dtype
+    grid = per_bucket[:, :, first:, :GRID_SIDE**2].reshape(b, h, cells, GRID_SIDE, GRID_SIDE)
+    by_row = grid @ lookup.row_weights.to(dtype).transpose(-1, -2)[:, None]  # (B, H, L, 7 [a], h)
+    logits = by_row.transpose(-1, -2) @ lookup.col_weights.to(dtype).transpose(-1, -2)[:, None]  # (B, H, L, h, w)
+    logits = logits.reshape(b, h, cells, grid_rows * grid_cols)
+    if not lookup.cls_token:
+        return logits
+    cls_bucket = per_bucket[..., NUM_BUCKETS - 1]  # (B, H, N): what each query reads for pairs with the cls token
+    out = per_bucket.new_empty(b, h, n, n)
+    out[:, :, 0] = cls_bucket[:, :, :1]
+    out[:, :, 1:, 0] = cls_bucket[:, :, 1:]
+    out[:, :, 1:, 1:] = logits
     return out
 
 
@@ -183,6 +229,6 @@ class KeyRPE(nn.Module):
         super().__init__()
         self.lookup_table_weight = nn.Parameter(torch.zeros(1, head_dim, NUM_BUCKETS))
 
-    def forward(self, q: Tensor, lookup: Lookup) -> Tensor:
+    def forward(self, q: Tensor, lookup: Lookup | BilinearLookup) -> Tensor:
         """q: (B, H, N, head_dim) -> relative logits (B, H, N, N)."""
         return contextual_rpe(q, self.lookup_table_weight, lookup)

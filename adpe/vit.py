@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
-from adpe.rpe import KeyRPE, Lookup
+from adpe.rpe import BilinearLookup, KeyRPE, Lookup
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -54,12 +54,13 @@ def vit_size(name: str, **overrides) -> ViTSize:
 class RelPos:
     """The relative-position input of one attention layer.
 
-    lookup: where each (query, key) pair reads the iRPE table (N counts the cls token).
+    lookup: where each (query, key) pair reads the iRPE table (N counts the cls token): discrete buckets or a
+        bilinear lookup, per sample when masked queries' offsets are shifted (RPE coordinate mode).
     row_gain: optional ``q (B, H, N, head_dim) -> (B, H, N)``, added to every logit of its query's row (the
         RPE-embedding adversary of ``adpe.adversary``); it receives the query as the iRPE table does.
     """
 
-    lookup: Lookup
+    lookup: Lookup | BilinearLookup
     row_gain: Callable[[Tensor], Tensor] | None = None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,31 @@ def test_bf16_autocast_wrapper_on_cpu(image_folder, tmp_path):
     assert out.dtype == torch.bfloat16
     runner.train()
     assert len(logged(tmp_path, "loss")) == 4
+
+
+@pytest.mark.parametrize("bf16_gpu, asked, expected", [
+    (True, None, ("AutocastOptimWrapper", torch.bfloat16, None)),  # Ampere and newer: bf16, no loss scaler
+    (False, None, ("AmpOptimWrapper", torch.float16, "dynamic")),  # older GPUs: fp16 with a dynamic loss scale
+    (True, "float16", ("AmpOptimWrapper", torch.float16, "dynamic")),  # the config's own choice wins
+    (False, "bfloat16", ("AutocastOptimWrapper", torch.bfloat16, None)),
+])
+def test_amp_picks_bf16_or_fp16_from_the_gpu(monkeypatch, bf16_gpu, asked, expected):
+    """What --amp builds on a GPU, with the GPU's capabilities faked (the GPU runs themselves are GPU checks)."""
+    from adpe.mm.engine import AutoAmpOptimWrapper
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with warnings.catch_warnings():  # the fp16 GradScaler warns that CUDA is not really there
+        warnings.simplefilter("ignore")
+        wrapper = AutoAmpOptimWrapper(optimizer=optimizer, dtype=asked)
+    name, dtype, scale = expected
+    assert type(wrapper).__name__ == name
+    assert getattr(wrapper, "cast_dtype", None) == dtype
+    if scale is not None:
+        assert wrapper.dynamic and wrapper.device_type == "cuda"
+    else:
+        assert wrapper.device_type == "cuda" and not hasattr(wrapper, "loss_scaler")
 
 
 def test_plain_runner_keeps_the_effective_batch_on_any_world_size(image_folder, tmp_path, monkeypatch):

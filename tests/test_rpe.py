@@ -11,9 +11,10 @@ from adpe.rpe import (
     NUM_BUCKETS,
     Lookup,
     contextual_rpe,
-    continuous_lookup,
+    continuous_grid_lookups,
     discrete_index,
     discrete_lookup,
+    grid_lookup,
     grid_offsets,
 )
 
@@ -58,13 +59,40 @@ def grid_sample_reference(table: torch.Tensor, offsets: torch.Tensor) -> torch.T
     return F.grid_sample(img, grid, mode="bilinear", align_corners=False, padding_mode="zeros")[0].permute(1, 2, 0)
 
 
+def mixed_table(table: torch.Tensor, lookup, sample: int = 0) -> torch.Tensor:
+    """The 7 x 7 table as a bilinear lookup mixes it for every (query cell, key cell): (L, L, C)."""
+    grid = table[:, :49].reshape(-1, 7, 7)  # (C, a, b): bucket a * 7 + b
+    col_w, row_w = lookup.col_weights[sample], lookup.row_weights[sample]  # (L, w, 7), (L, h, 7)
+    weights = torch.einsum("ica,irb->ircab", col_w, row_w)  # (L, h, w, 7, 7): bucket weights of each pair
+    return torch.einsum("ircab,zab->ircz", weights, grid).reshape(col_w.shape[0], -1, grid.shape[0])
+
+
 def test_continuous_lookup_equals_grid_sample_definition():
     torch.manual_seed(0)
     table = torch.randn(5, 50, dtype=torch.float64)
-    offsets = grid_offsets(5, 6).double() + torch.rand(30, 30, 2, dtype=torch.float64) * 3 - 1.5
-    lk = continuous_lookup(offsets[None], cls_token=False)
-    mixed = (table.T[lk.ids[0]] * lk.weights[0][..., None]).sum(-2)  # (n, n, C)
-    torch.testing.assert_close(mixed, grid_sample_reference(table, offsets))
+    shift = torch.rand(1, 2, dtype=torch.float64) * 3 - 1.5
+    lookup = continuous_grid_lookups(5, 6, shift, cls_token=False)[0]
+    offsets = grid_offsets(5, 6).double() + shift
+    torch.testing.assert_close(mixed_table(table, lookup), grid_sample_reference(table, offsets))
+
+
+def test_shifted_queries_read_their_own_offsets_and_the_rest_the_grid():
+    """RPE coordinate mode: per sample, flagged queries' offsets move by the shift, per grid_sample's definition;
+    the cls row and column read bucket 49."""
+    torch.manual_seed(0)
+    h, w, batch = 4, 5, 3
+    table = torch.randn(1, 6, 50, dtype=torch.float64)
+    q = torch.randn(batch, 2, 1 + h * w, 6, dtype=torch.float64)
+    shift = torch.tensor([[0.7, -1.3]], dtype=torch.float64)
+    flagged = torch.rand(batch, h * w) > 0.5
+    out = contextual_rpe(q, table, continuous_grid_lookups(h, w, shift, shifted_queries=flagged)[0])
+    for b in range(batch):
+        offsets = grid_offsets(h, w).double() + flagged[b, :, None, None] * shift
+        mixed = grid_sample_reference(table[0], offsets)  # (L, L, head_dim)
+        torch.testing.assert_close(out[b, :, 1:, 1:], torch.einsum("hid,ijd->hij", q[b, :, 1:], mixed))
+        cls_logit = q[b] @ table[0, :, 49]  # (H, N)
+        torch.testing.assert_close(out[b, :, 0], cls_logit[:, :1].expand(-1, 1 + h * w))
+        torch.testing.assert_close(out[b, :, 1:, 0], cls_logit[:, 1:])
 
 
 def test_continuous_agrees_with_discrete_where_defined_to():
@@ -72,7 +100,7 @@ def test_continuous_agrees_with_discrete_where_defined_to():
     q = torch.randn(2, 3, 50, 8)
     table = torch.randn(1, 8, 50)
     dis = contextual_rpe(q, table, discrete_lookup(7, 7))
-    con = contextual_rpe(q, table, continuous_lookup(grid_offsets(7, 7)[None]))
+    con = contextual_rpe(q, table, grid_lookup(7, 7, "continuous"))
     cls_cells = torch.zeros(50, 50, dtype=torch.bool)
     cls_cells[0] = cls_cells[:, 0] = True
     diagonal = torch.eye(50, dtype=torch.bool)  # zero offset
@@ -92,26 +120,11 @@ def test_contextual_rpe_is_q_dot_bucket():
             torch.testing.assert_close(out[0, :, i, j], q[0, :, i] @ table[0, :, ids[0, i, j, 0]])
 
 
-def test_continuous_lookup_is_differentiable_in_offsets():
-    offsets = (grid_offsets(3, 3)[None] + 0.3).requires_grad_()
+def test_continuous_lookup_is_differentiable_in_the_shift():
+    shifts = torch.full((2, 2), 0.3, requires_grad=True)
     table = torch.randn(1, 4, 50)
-    out = contextual_rpe(torch.randn(1, 1, 10, 4), table, continuous_lookup(offsets))
-    out.sum().backward()
-    assert offsets.grad.abs().sum() > 0
-
-
-def test_dense_and_gathered_continuous_mixing_agree(monkeypatch):
-    import adpe.rpe as rpe
-
-    torch.manual_seed(0)
-    q = torch.randn(2, 3, 26, 8, requires_grad=True)
-    table = torch.randn(1, 8, 50)
-    offsets = (grid_offsets(5, 5)[None] + torch.rand(2, 25, 25, 2) - 0.5).requires_grad_()
-    dense = contextual_rpe(q, table, continuous_lookup(offsets))
-    grads_dense = torch.autograd.grad(dense.square().sum(), (q, offsets))
-    monkeypatch.setattr(rpe, "DENSE_MIX_LIMIT", 0)
-    gathered = contextual_rpe(q, table, continuous_lookup(offsets))
-    grads_gathered = torch.autograd.grad(gathered.square().sum(), (q, offsets))
-    torch.testing.assert_close(dense, gathered)
-    for a, b in zip(grads_dense, grads_gathered, strict=True):
-        torch.testing.assert_close(a, b)
+    flagged = torch.tensor([[True, False] * 4 + [True]])
+    lookups = continuous_grid_lookups(3, 3, shifts, shifted_queries=flagged)
+    out = sum(contextual_rpe(torch.randn(1, 1, 10, 4), table, lookup).sum() for lookup in lookups)
+    out.backward()
+    assert (shifts.grad.abs() > 0).all(), "every layer's shift, both components, gets a gradient"

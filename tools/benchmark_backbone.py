@@ -2,8 +2,12 @@
 
 What it measures
     One training-mode forward + backward of ``adpe.backbone.ViTBackbone`` (and, for segmentation, of
-    mmseg's own ``MAE`` backbone) on a random batch of one image; the loss is the sum of the means of the
-    returned feature maps, so every output gets a gradient. No optimiser step: only the backbone's cost.
+    mmseg's own ``MAE`` backbone, and of timm's reference models) on a random batch of ``--batch`` images (1);
+    the loss is the sum of the means of the returned feature maps, so every output gets a gradient. No optimiser
+    step: only the backbone's cost. FLOP per step are counted once per configuration
+    (``torch.utils.flop_counter``, fp32 forward + backward) and give TFLOP/s and the share of the hardware's
+    peak: the card's dense datasheet rate (A100 / H100 / H200, ``adpe.bench.DATASHEET_TFLOPS``) and the best
+    square matmul measured on this machine in the same dtype, both printed in a small table.
     Each configuration runs in fp32 and under bf16 autocast (``torch.autocast`` on CPU or CUDA; backward
     outside the autocast region), every (configuration, dtype) pair in its own subprocess (this script
     re-invoked with ``--worker``, one JSON line on stdout), so that its peak memory is its own: peak RSS
@@ -20,8 +24,12 @@ What it measures
         ours_ape_bias   ViTBackbone(rel_pos='bias')                        (the like-for-like of mmseg's)
         ours_rpe        ViTBackbone(rel_pos='irpe', rpe_lookup='discrete')
         ours_rpe_cont   ViTBackbone(rel_pos='irpe', rpe_lookup='continuous')
-       The table gives seconds per step, peak memory, the bf16 speed-up over fp32 and, for each of ours, the
-       ratio of its time (and peak memory) to mmseg's in the same dtype.
+        timm_vit        timm VisionTransformer, same size: the reference of ours_ape
+        timm_beit       timm Beit with APE and its relative position bias (through SDPA): the reference of
+                        ours_ape_bias
+       The table gives seconds per step, TFLOP/s and share of peak, peak memory, the bf16 speed-up over fp32,
+       the ratio of its time (and peak memory) to mmseg's in the same dtype and, for ours_ape / ours_ape_bias,
+       to the timm reference's.
 
     2. Detection (ViTDet-style Mask R-CNN recipe), ``--det-size`` 1024^2, ``mode='det'``, APE + decomposed
        relative position bias (``rel_pos='bias'``):
@@ -30,9 +38,12 @@ What it measures
         window_ckpt     same                                                    yes (every block)
         global          all global (4096 tokens at 1024^2)                      no
         global_ckpt     same                                                    yes
-       The table gives seconds per step, peak memory, the bf16 speed-up and the time and memory ratios to
-       ``window`` in the same dtype. All-global attention at 1024^2 is heavy on a CPU: ``--skip-global``
-       leaves it out.
+        window_irpe_cont  as window, with iRPE continuous (rel_pos='irpe') instead of the decomposed bias
+        timm_sam        timm VisionTransformerSAM with the same windows, global blocks and decomposed bias
+                        (the ViTDet layout), no neck: a reference row
+       The table gives seconds per step, TFLOP/s and share of peak, peak memory, the bf16 speed-up and the time
+       and memory ratios to ``window`` in the same dtype. All-global attention at 1024^2 is heavy on a CPU:
+       ``--skip-global`` leaves it out.
 
     ``--size`` sets both ours and mmseg's dimensions (tiny: 192 wide, 4 blocks, 3 heads; out_indices
     (0, 1, 2, 3); global blocks (1, 3) in detection mode), for a quick check of the script itself.
@@ -43,6 +54,8 @@ How to run it
     PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py --only det --skip-global --dtypes bf16
     PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py --size tiny --seg-size 128 --det-size 256 \\
         --steps 1                                                                       # smoke test
+    PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py --dtypes bf16 --batch 8 --only seg   # GPU, seg
+    PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py --dtypes bf16 --batch 2 --only det   # GPU, det
 
     On a machine with CUDA the steps run on the GPU (``--device cpu`` forces the CPU). Run it on an otherwise
     idle machine: with other load on the cores, CPU step times become erratic (the script warns when the
@@ -52,8 +65,10 @@ Targets
     Segmentation: each of our backbones no slower than mmseg's MAE backbone in the same setting (same size,
     input and dtype): ratio <= 1.00, checked at the end of the run for every configuration. For reference,
     mmseg's ViT-B at 512^2, batch 1, takes about 7 s (fp32) and about 4 s (bf16) per forward + backward on
-    the 2-core development CPU. Detection: no target; the table reports what windowing and checkpointing
-    cost and save.
+    the 2-core development CPU. Ours against timm's reference of the same attention (ours_ape_bias vs
+    timm_beit, ours_ape vs timm_vit): no slower and no larger (peak CUDA memory on a GPU, RSS on CPU), ratio
+    <= 1.00. Detection: window_irpe_cont no slower than 1.5x window; the other rows report what windowing and
+    checkpointing cost and save.
 """
 
 from __future__ import annotations
@@ -76,6 +91,7 @@ class Config:
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     mmseg: bool = False
+    timm: str | None = None  # a timm reference model: 'vit', 'beit' or 'sam'
     windowed: bool = False
 
 
@@ -85,7 +101,13 @@ CONFIGS: dict[str, Config] = {c.name: c for c in (
     Config("ours_ape_bias", "seg", "ours APE + rel-pos bias", {"rel_pos": "bias"}),
     Config("ours_rpe", "seg", "ours RPE (discrete)", {"rel_pos": "irpe", "rpe_lookup": "discrete"}),
     Config("ours_rpe_cont", "seg", "ours RPE (continuous)", {"rel_pos": "irpe", "rpe_lookup": "continuous"}),
+    Config("timm_vit", "seg", "timm VisionTransformer (APE; reference of ours_ape)", timm="vit"),
+    Config("timm_beit", "seg", "timm Beit (APE + rel-pos bias; reference of ours_ape_bias)", timm="beit"),
     Config("window", "det", "window + global blocks", {"use_checkpoint": False}, windowed=True),
+    Config("window_irpe_cont", "det", "window + global blocks, iRPE continuous instead of the bias",
+           {"use_checkpoint": False, "rel_pos": "irpe", "rpe_lookup": "continuous"}, windowed=True),
+    Config("timm_sam", "det", "timm VisionTransformerSAM (the same ViTDet layout; reference)", timm="sam",
+           windowed=True),
     Config("window_ckpt", "det", "window + global blocks, checkpointed", {"use_checkpoint": True}, windowed=True),
     Config("global", "det", "all global", {"use_checkpoint": False}),
     Config("global_ckpt", "det", "all global, checkpointed", {"use_checkpoint": True}),
@@ -101,17 +123,42 @@ MMSEG_INIT_VALUES = 1.0  # the mmseg MAE ADE20K recipe's layer-scale init
 
 # Targets (see the docstring).
 MAX_RATIO_TO_MMSEG = 1.0
-REFERENCE_CONFIG = {"size": "base", "seg_size": 512, "device": "cpu"}
+# (ours, reference, limit): time and peak memory (CUDA on a GPU, RSS on CPU) of ours / the reference's.
+REFERENCE_TARGETS = (("ours_ape_bias", "timm_beit", 1.0), ("ours_ape", "timm_vit", 1.0))
+# (config, limit): time of a detection configuration / that of ``DET_BASELINE``.
+DET_TIME_TARGETS = (("window_irpe_cont", 1.5),)
+REFERENCE_CONFIG = {"size": "base", "seg_size": 512, "batch": 1, "device": "cpu"}
 REFERENCE_MMSEG_S = {"fp32": 7.0, "bf16": 4.0}  # mmseg's ViT-B, 512^2, batch 1, 2-core development CPU
 
 
 # ---------------------------------------------------------------------------------------------- worker
+def build_timm_reference(args: argparse.Namespace, config: Config) -> Any:
+    """timm's model of the same size and layout (drop path 0.1, no head), for the reference rows."""
+    from timm.models.beit import Beit
+    from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer_sam import VisionTransformerSAM
+
+    from adpe.vit import SIZES
+
+    dims = SIZES[args.size]
+    common = {"patch_size": dims.patch_size, "embed_dim": dims.embed_dim, "depth": dims.depth,
+              "num_heads": dims.num_heads, "num_classes": 0, "drop_path_rate": DROP_PATH_RATE}
+    if config.timm == "sam":
+        return VisionTransformerSAM(img_size=args.det_size, window_size=args.window_size, use_rel_pos=True,
+                                    global_attn_indexes=DET_GLOBAL_BLOCKS[args.size], neck_chans=0, **common)
+    if config.timm == "beit":
+        return Beit(img_size=args.seg_size, use_abs_pos_emb=True, use_rel_pos_bias=True, **common)
+    return VisionTransformer(img_size=args.seg_size, **common)
+
+
 def build_model(args: argparse.Namespace, config: Config) -> Any:
     """The configuration's backbone (train mode, not yet on the device)."""
     from adpe.backbone import ViTBackbone
     from adpe.vit import SIZES
 
-    if config.section == "seg":
+    if config.timm:
+        model = build_timm_reference(args, config)
+    elif config.section == "seg":
         side = args.seg_size
         out_indices = SEG_OUT_INDICES[args.size]
         if config.mmseg:
@@ -143,60 +190,83 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     device = bench.prepare_worker(args)
     model = build_model(args, config).to(device)
     side = args.seg_size if config.section == "seg" else args.det_size
-    imgs = bench.random_inputs((1, 3, side, side), args.seed, device)
+    imgs = bench.random_inputs((args.batch, 3, side, side), args.seed, device)
+    features = model.forward_features if config.timm else model
+    forward = torch.compile(features) if args.compile else features
+
+    def forward_backward(fn=forward) -> torch.Tensor:
+        outputs = fn(imgs)
+        outputs = [outputs] if isinstance(outputs, torch.Tensor) else outputs
+        loss = sum(out.float().mean() for out in outputs)
+        loss.backward()
+        return loss.detach()
 
     def step() -> torch.Tensor:
         model.zero_grad(set_to_none=True)
         with bench.autocast(args.dtype, device):
-            outputs = model(imgs)
-            loss = sum(out.float().mean() for out in outputs)
-        loss.backward()
-        return loss.detach()
+            return forward_backward()
 
     times, loss = bench.time_steps(step, args.warmup, args.steps, device)
-    return {
+    result = {
         "config": config.name,
         "section": config.section,
         "dtype": args.dtype,
-        "input": [1, 3, side, side],
+        "input": [args.batch, 3, side, side],
         **bench.timing_fields(times),
         "loss": float(loss) if loss is not None else None,
         **bench.peak_memory_fields(device),
         **bench.model_fields(model),
     }
+    if args.count_flops:  # after the timing, so that the peak memory is the step's alone
+        model.zero_grad(set_to_none=True)
+        result["flop_per_step"] = bench.count_flops(partial(forward_backward, features))
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def launch(args: argparse.Namespace, config: str, dtype: str) -> dict[str, Any]:
-    """Run one (configuration, dtype) pair in a worker subprocess."""
-    options = ["--config", config, "--dtype", dtype,
-               *bench.forwarded_options(args, ("size", "seg_size", "det_size", "window_size", *bench.RUN_OPTIONS))]
+def launch(args: argparse.Namespace, config: str, dtype: str, count: bool) -> dict[str, Any]:
+    """Run one (configuration, dtype) pair in a worker subprocess; ``count``: also count its FLOP (in fp32)."""
+    options = ["--config", config, "--dtype", dtype, *bench.forwarded_options(
+        args, ("size", "seg_size", "det_size", "window_size", "batch", *bench.RUN_OPTIONS))]
+    options += ["--count-flops"] if count else []
+    options += ["--compile"] if args.compile else []
     identity = {"config": config, "section": CONFIGS[config].section, "dtype": dtype}
     return bench.launch_worker(__file__, options, args, identity)
 
 
-def fill_derived(results: list[dict[str, Any]]) -> None:
-    """Add bf16 speed-ups and time / memory ratios to the section's baseline (same dtype), in place."""
+def ratios(r: dict[str, Any], base: dict[str, Any] | None) -> dict[str, float | None]:
+    """Time, RSS and CUDA-memory ratios of result ``r`` to ``base`` (None where not measured)."""
+    if base is None:
+        return {"time_ratio": None, "rss_ratio": None, "cuda_ratio": None}
+    return {"time_ratio": r["seconds_per_step"] / base["seconds_per_step"],
+            "rss_ratio": r["peak_rss_gib"] / base["peak_rss_gib"],
+            "cuda_ratio": (r["peak_cuda_gib"] / base["peak_cuda_gib"]
+                           if r["peak_cuda_gib"] is not None and base["peak_cuda_gib"] else None)}
+
+
+def fill_derived(results: list[dict[str, Any]], peaks: dict[str, dict[str, float]]) -> None:
+    """Add FLOP figures, utilisation of ``peaks`` (per dtype), bf16 speed-ups, time / memory ratios to the
+    section's baseline and to the timm reference (same dtype), in place."""
     by_key = bench.successful_by_key(results, "config")
+    flops = {r["config"]: r["flop_per_step"] for r in results if r.get("flop_per_step")}
+    references = {ours: ref for ours, ref, _ in REFERENCE_TARGETS}
     for (name, dtype), r in by_key.items():
+        r["flop_per_step"] = flops.get(name)
+        r.update(bench.utilisation_fields(r, peaks[dtype]))
         r["bf16_speedup"] = bench.bf16_speedup(by_key.get((name, "fp32")), dtype, r["seconds_per_step"])
         baseline = SEG_BASELINE if r["section"] == "seg" else DET_BASELINE
-        base = by_key.get((baseline, dtype))
         r["baseline"] = baseline
-        if name != baseline and base is not None:
-            r["time_ratio"] = r["seconds_per_step"] / base["seconds_per_step"]
-            r["rss_ratio"] = r["peak_rss_gib"] / base["peak_rss_gib"]
-            r["cuda_ratio"] = (r["peak_cuda_gib"] / base["peak_cuda_gib"]
-                               if r["peak_cuda_gib"] is not None and base["peak_cuda_gib"] else None)
-        else:
-            r["time_ratio"] = r["rss_ratio"] = r["cuda_ratio"] = None
+        r.update(ratios(r, by_key.get((baseline, dtype)) if name != baseline else None))
+        reference = by_key.get((references.get(name), dtype))
+        r["to_reference"] = {"reference": references[name], **ratios(r, reference)} if reference else None
 
 
 def print_table(results: list[dict[str, Any]], device: str, baseline: str) -> None:
     cuda = device == "cuda"
-    header = ["config", "description", "dtype", "s/step", "peak RSS GiB"]
+    memory = "CUDA" if cuda else "RSS"
+    header = ["config", "description", "dtype", "s/step", "TFLOP/s", "of peak", "peak RSS GiB"]
     header += ["peak CUDA GiB"] if cuda else []
-    header += ["bf16 x", f"time / {baseline}", f"{'CUDA' if cuda else 'RSS'} mem / {baseline}"]
+    header += ["bf16 x", f"time / {baseline}", f"{memory} mem / {baseline}", f"time, {memory} mem / timm"]
     rows = []
     for r in results:
         config = CONFIGS[r["config"]]
@@ -206,31 +276,49 @@ def print_table(results: list[dict[str, Any]], device: str, baseline: str) -> No
             continue
         is_base = r["config"] == baseline
         row = [r["config"], config.description, r["dtype"], f"{r['seconds_per_step']:.3f}",
-               f"{r['peak_rss_gib']:.2f}"]
+               bench.fmt(r["tflop_per_s"], ".2f"), bench.utilisation_text(r), f"{r['peak_rss_gib']:.2f}"]
         row += [bench.fmt(r["peak_cuda_gib"], ".2f")] if cuda else []
+        ref = r["to_reference"]
         row += [bench.fmt(r["bf16_speedup"], ".2f"),
                 "(baseline)" if is_base else bench.fmt(r["time_ratio"], ".3f"),
-                "(baseline)" if is_base else bench.fmt(r["cuda_ratio"] if cuda else r["rss_ratio"], ".3f")]
+                "(baseline)" if is_base else bench.fmt(r["cuda_ratio"] if cuda else r["rss_ratio"], ".3f"),
+                "-" if ref is None else f"{bench.fmt(ref['time_ratio'], '.3f')}, "
+                f"{bench.fmt(ref['cuda_ratio'] if cuda else ref['rss_ratio'], '.3f')} vs {ref['reference']}"]
         rows.append(row)
-    bench.print_aligned(header, rows, right=range(3, len(header)))
+    bench.print_aligned(header, rows, right=range(3, len(header) - 1))
 
 
-def check_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Segmentation: each of ours no slower than mmseg's in the same dtype: [{'target', 'value', 'ok'}]."""
+def check_targets(results: list[dict[str, Any]], device: str) -> list[dict[str, Any]]:
+    """The docstring's targets that this run can check: [{'target', 'value', 'ok'}]."""
     checks = []
+    limits = {ours: limit for ours, _, limit in REFERENCE_TARGETS}
+    det_limits = dict(DET_TIME_TARGETS)
     for r in results:
-        if r["section"] != "seg" or "error" in r or r["config"] == SEG_BASELINE or r.get("time_ratio") is None:
+        if "error" in r or CONFIGS[r["config"]].timm:
             continue
-        checks.append({"target": f"{r['config']} {r['dtype']} <= {MAX_RATIO_TO_MMSEG:.2f}x {SEG_BASELINE} time",
-                       "value": r["time_ratio"], "ok": r["time_ratio"] <= MAX_RATIO_TO_MMSEG})
+        name, dtype = r["config"], r["dtype"]
+        if r["section"] == "seg" and name != SEG_BASELINE and r.get("time_ratio") is not None:
+            checks.append({"target": f"{name} {dtype} <= {MAX_RATIO_TO_MMSEG:.2f}x {SEG_BASELINE} time",
+                           "value": r["time_ratio"], "ok": r["time_ratio"] <= MAX_RATIO_TO_MMSEG})
+        if name in det_limits and r.get("time_ratio") is not None:
+            checks.append({"target": f"{name} {dtype} <= {det_limits[name]:.2f}x {DET_BASELINE} time",
+                           "value": r["time_ratio"], "ok": r["time_ratio"] <= det_limits[name]})
+        ref = r.get("to_reference")
+        if ref is not None:
+            memory = ref["cuda_ratio"] if device == "cuda" else ref["rss_ratio"]
+            for what, value in (("time", ref["time_ratio"]), ("CUDA memory" if device == "cuda" else "RSS", memory)):
+                if value is not None:
+                    checks.append({"target": f"{name} {dtype} {what} <= {limits[name]:.2f}x {ref['reference']}",
+                                   "value": value, "ok": value <= limits[name]})
     return checks
 
 
 def print_targets(results: list[dict[str, Any]], checks: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print("\ntargets (segmentation: ours no slower than mmseg's MAE backbone, same size, input and dtype):")
+    print("\ntargets (ours no slower than mmseg's MAE backbone; ours no slower and no larger than the timm "
+          "reference; det-mode iRPE continuous <= 1.5x the det-mode bias; same size, input and dtype):")
     bench.print_check_lines(checks)
     if not checks:
-        print("  (none checked: mmseg's backbone or ours missing from this run)")
+        print("  (none checked: a baseline, a reference or ours missing from this run)")
     is_reference = bench.matches_reference(args, REFERENCE_CONFIG)
     measured = {r["dtype"]: r["seconds_per_step"] for r in results
                 if r["config"] == SEG_BASELINE and "error" not in r}
@@ -255,12 +343,15 @@ def run_all(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     for section in sections:
         for name in selected_configs(args, section):
-            for dtype in args.dtypes:
-                results.append(bench.run_logged(f"{section} {name} {dtype}", partial(launch, args, name, dtype)))
-    fill_derived(results)
-
+            for n, dtype in enumerate(args.dtypes):
+                results.append(bench.run_logged(f"{section} {name} {dtype}",
+                                                partial(launch, args, name, dtype, n == 0)))
     device_name = bench.device_description(args.device)
-    print(f"\nViT-{args.size}, batch 1, forward + backward (loss = sum of the outputs' means), train mode, "
+    peaks = bench.hardware_peaks(args.device, device_name, args.dtypes)
+    fill_derived(results, peaks)
+
+    print(f"\nViT-{args.size}, batch {args.batch}{' (torch.compile)' if args.compile else ''}, forward + backward "
+          f"(loss = sum of the outputs' means), train mode, "
           f"device {args.device} ({device_name}), {args.threads} threads, median of {args.steps} steps after "
           f"{args.warmup} warm-up, torch {torch.__version__}")
     if "seg" in sections:
@@ -272,11 +363,10 @@ def run_all(args: argparse.Namespace) -> int:
               f"global blocks {DET_GLOBAL_BLOCKS[args.size]} vs all global"
               f"{' (all global skipped)' if args.skip_global else ''} (ratios: to '{DET_BASELINE}', same dtype)\n")
         print_table([r for r in results if r["section"] == "det"], args.device, DET_BASELINE)
-    checks = check_targets(results)
-    if "seg" in sections:
-        print_targets(results, checks, args)
-    config_keys = ("size", "seg_size", "det_size", "window_size", "dtypes", "only", "skip_global", "warmup",
-                   "steps", "threads", "seed", "device")
+    checks = check_targets(results, args.device)
+    print_targets(results, checks, args)
+    config_keys = ("size", "seg_size", "det_size", "window_size", "batch", "compile", "dtypes", "only", "skip_global",
+                   "warmup", "steps", "threads", "seed", "device")
     bench.write_report(args, config_keys, device_name, load, results, checks)
     return bench.exit_status(results)
 
@@ -288,13 +378,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seg-size", type=int, default=512, help="segmentation input side (default 512)")
     parser.add_argument("--det-size", type=int, default=1024, help="detection input side (default 1024)")
     parser.add_argument("--window-size", type=int, default=14, help="detection window side (default 14)")
+    parser.add_argument("--batch", type=int, default=1, help="images per step (default 1; 8 on a GPU for seg)")
+    parser.add_argument("--compile", action="store_true", help="time the backbones under torch.compile")
     bench.add_dtypes_option(parser)
     parser.add_argument("--only", choices=["seg", "det"], help="run one section only (default: both)")
     parser.add_argument("--skip-global", action="store_true",
                         help="detection: leave out the all-global configurations (the heavy ones)")
     bench.add_run_options(parser, default_steps=2)
     parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
-    return bench.parse_checked(parser, argv, positive=("steps", "threads", "seg_size", "det_size", "window_size"))
+    parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
+    return bench.parse_checked(parser, argv,
+                               positive=("steps", "threads", "seg_size", "det_size", "window_size", "batch"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,13 +45,19 @@ Reference figures (ViT-B, 8 images x 4 crops x 112^2, fp32, 2-core CPU)
       * fp32: no slower than the released code (mae_plus_ape <= 5.8 s, the RPE baselines <= 6.0 s);
       * bf16: at least 2x faster than our fp32, for every variant;
       * each adversarial variant within 5% of its baseline; RPE coordinate (adpe_rpe_coord) within 15%.
+
+GPU targets (checked for any configuration on CUDA; the issue's reference batch is --images 128)
+    * MAE+ APE ViT-B bf16 at >= 45% of the card's dense bf16 datasheet rate (``adpe.bench.DATASHEET_TFLOPS``);
+    * RPE coordinate (adpe_rpe_coord) <= 1.25x the MAE+ RPE step, with <= 1.20x its peak CUDA memory;
+    * each other adversarial variant within 5% of its baseline.
+    The utilisation column gives the step's TFLOP/s as a share of the datasheet rate ('sheet', CUDA cards in the
+    table only) and of the best square matmul measured on this machine in the same dtype ('matmul').
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -81,46 +87,16 @@ REFERENCE_FP32_S = {"mae_plus_ape": 5.8, "mae_plus_rpe": 6.0, "mae_plus_rpe_cont
 MIN_BF16_SPEEDUP = 2.0
 MAX_RATIO = {"adpe_rpe_coord": 1.15}  # every other adversarial variant: DEFAULT_MAX_RATIO
 DEFAULT_MAX_RATIO = 1.05
+# On a GPU (any configuration): the bf16 MAE+ APE step's share of the card's dense datasheet rate, RPE coordinate
+# mode's time and peak memory against the MAE+ RPE step (its time limit replaces MAX_RATIO's there).
+MIN_GPU_UTILISATION = {"mae_plus_ape": 0.45}
+GPU_MAX_RATIO = {"adpe_rpe_coord": 1.25}
+GPU_MAX_MEMORY_RATIO = {"adpe_rpe_coord": ("mae_plus_rpe", 1.20)}
 
 # The recipe's optimiser (pretrain/_base_/pretrain_runtime.py); the lr does not change the step's cost.
 LR = 1.5e-4 * 4096 / 256
 BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.05
-
-
-# ---------------------------------------------------------------------------------------------- FLOP count
-def _attention_flop(q: Any, k: Any, v: Any) -> int:
-    """Two batched matmuls, q @ k^T and p @ v: 2 FLOP per multiply-add. Shapes (B, H, S, D)."""
-    b, h, s_q, d_q = q
-    s_k, d_v = k[-2], v[-1]
-    return 2 * b * h * s_q * s_k * (d_q + d_v)
-
-
-def _cpu_attention_flop(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
-    return _attention_flop(query, key, value)
-
-
-def _cpu_attention_backward_flop(
-    grad: Any, query: Any, key: Any, value: Any, *args: Any, **kwargs: Any
-) -> int:
-    return 2 * _attention_flop(query, key, value)  # dq, dk, dv and dp: four matmuls
-
-
-def count_flops(model: Any, imgs: Any) -> int:
-    """FLOP of one fp32 forward + backward (gradients are left on the parameters)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    aten = torch.ops.aten
-    # FlopCounterMode counts the CUDA attention kernels but not the fused CPU one that SDPA picks on CPU.
-    custom: dict[Any, Callable[..., int]] = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        custom[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_attention_flop
-        custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _cpu_attention_backward_flop
-    counter = FlopCounterMode(display=False, custom_mapping=custom)
-    with counter:
-        model(imgs)["loss"].backward()
-    return int(counter.get_total_flops())
 
 
 # ---------------------------------------------------------------------------------------------- worker
@@ -134,6 +110,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     device = bench.prepare_worker(args)
     model = MaskedAutoencoder(args.size, img_size=args.img_size, **VARIANTS[args.variant]).to(device)
     model.train()
+    forward = torch.compile(model) if args.compile else model
     groups = pretrain_param_groups(model, lr=LR, weight_decay=WEIGHT_DECAY, adv_lr=LR)
     optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, fused=True)  # as the configs
     imgs = bench.random_inputs((args.images * args.crops, 3, args.img_size, args.img_size), args.seed, device)
@@ -141,7 +118,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         with bench.autocast(args.dtype, device):
-            loss = model(imgs)["loss"]
+            loss = forward(imgs)["loss"]
         loss.backward()
         optimizer.step()
         if model.adversary is not None:
@@ -160,7 +137,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.count_flops:
         optimizer.zero_grad(set_to_none=True)
-        result["flop_per_step"] = count_flops(model, imgs)
+        result["flop_per_step"] = bench.count_flops(lambda: model(imgs)["loss"].backward())
     return result
 
 
@@ -170,11 +147,13 @@ def launch(args: argparse.Namespace, variant: str, dtype: str, count: bool) -> d
     options = ["--variant", variant, "--dtype", dtype,
                *bench.forwarded_options(args, ("size", "images", "crops", "img_size", *bench.RUN_OPTIONS))]
     options += ["--count-flops"] if count else []
+    options += ["--compile"] if args.compile else []
     return bench.launch_worker(__file__, options, args, {"variant": variant, "dtype": dtype})
 
 
-def fill_derived(results: list[dict[str, Any]], images: int) -> None:
-    """Add images/s, FLOP figures, bf16 speed-ups and baseline ratios to the results in place."""
+def fill_derived(results: list[dict[str, Any]], images: int, peaks: dict[str, dict[str, float]]) -> None:
+    """Add images/s, FLOP figures, utilisation of ``peaks`` (per dtype), bf16 speed-ups and baseline ratios to the
+    results in place."""
     by_key = bench.successful_by_key(results, "variant")
     flops = {r["variant"]: r["flop_per_step"] for r in results if r.get("flop_per_step")}
     for (variant, dtype), r in by_key.items():
@@ -183,30 +162,36 @@ def fill_derived(results: list[dict[str, Any]], images: int) -> None:
         r["flop_per_step"] = flops.get(variant)
         r["tflop_per_step"] = flops[variant] / 1e12 if variant in flops else None
         r["gflop_per_s"] = flops[variant] / seconds / 1e9 if variant in flops else None
+        r.update(bench.utilisation_fields(r, peaks[dtype]))
         r["bf16_speedup"] = bench.bf16_speedup(by_key.get((variant, "fp32")), dtype, seconds)
         r["ratio_to_baseline"] = {
             base: seconds / by_key[(base, dtype)]["seconds_per_step"]
             for base in BASELINES[variant] if (base, dtype) in by_key
         }
+        r["cuda_memory_ratio_to_baseline"] = {
+            base: r["peak_cuda_gib"] / by_key[(base, dtype)]["peak_cuda_gib"]
+            for base in BASELINES[variant] if (base, dtype) in by_key and r["peak_cuda_gib"]
+        }
 
 
 def print_table(results: list[dict[str, Any]], device: str) -> None:
     memory = "peak GiB (CUDA)" if device == "cuda" else "peak GiB (RSS)"
-    header = ["variant", "dtype", "s/step", "images/s", "TFLOP/step", "GFLOP/s", memory, "bf16 x",
+    header = ["variant", "dtype", "s/step", "images/s", "TFLOP/step", "GFLOP/s", "of peak", memory, "bf16 x",
               "ratio to baseline (same dtype)"]
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r["variant"], r["dtype"], "FAILED", "", "", "", "", "", r["error"][:100]])
+            rows.append([r["variant"], r["dtype"], "FAILED", "", "", "", "", "", "", r["error"][:100]])
             continue
         mem = r["peak_cuda_gib"] if device == "cuda" else r["peak_rss_gib"]
         ratios = ", ".join(f"{v:.3f} vs {k}" for k, v in r["ratio_to_baseline"].items())
         rows.append([
             r["variant"], r["dtype"], f"{r['seconds_per_step']:.3f}", f"{r['images_per_s']:.2f}",
-            bench.fmt(r["tflop_per_step"], ".4g"), bench.fmt(r["gflop_per_s"], ".1f"), f"{mem:.2f}",
+            bench.fmt(r["tflop_per_step"], ".4g"), bench.fmt(r["gflop_per_s"], ".1f"), bench.utilisation_text(r),
+            f"{mem:.2f}",
             bench.fmt(r["bf16_speedup"], ".2f"), ratios or ("(baseline)" if not BASELINES[r["variant"]] else "-"),
         ])
-    bench.print_aligned(header, rows, right={2, 3, 4, 5, 6, 7})
+    bench.print_aligned(header, rows, right={2, 3, 4, 5, 6, 7, 8})
 
 
 def check_targets(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -224,11 +209,23 @@ def check_targets(results: list[dict[str, Any]], args: argparse.Namespace) -> li
         if r["bf16_speedup"] is not None:
             checks.append({"target": f"{variant} bf16 >= {MIN_BF16_SPEEDUP}x faster than fp32",
                            "value": r["bf16_speedup"], "ok": r["bf16_speedup"] >= MIN_BF16_SPEEDUP})
+        gpu = args.device == "cuda"
         if "adversary" in VARIANTS[variant]:
-            limit = MAX_RATIO.get(variant, DEFAULT_MAX_RATIO)
+            limit = (GPU_MAX_RATIO if gpu else MAX_RATIO).get(variant, DEFAULT_MAX_RATIO)
             for base, ratio in r["ratio_to_baseline"].items():
                 checks.append({"target": f"{variant} {dtype} <= {limit:.2f}x {base}",
                                "value": ratio, "ok": ratio <= limit})
+        if gpu and variant in GPU_MAX_MEMORY_RATIO:
+            base, limit = GPU_MAX_MEMORY_RATIO[variant]
+            ratio = r["cuda_memory_ratio_to_baseline"].get(base)
+            if ratio is not None:
+                checks.append({"target": f"{variant} {dtype} peak CUDA memory <= {limit:.2f}x {base}",
+                               "value": ratio, "ok": ratio <= limit})
+        sheet = r["utilisation"].get("datasheet")
+        if gpu and dtype == "bf16" and variant in MIN_GPU_UTILISATION and sheet is not None:
+            limit = MIN_GPU_UTILISATION[variant]
+            checks.append({"target": f"{variant} bf16 >= {limit:.0%} of the card's dense bf16 rate",
+                           "value": sheet, "ok": sheet >= limit})
     return checks
 
 
@@ -247,11 +244,11 @@ def run_all(args: argparse.Namespace) -> int:
     for variant in args.variants:
         for n, dtype in enumerate(args.dtypes):
             results.append(bench.run_logged(f"{variant} {dtype}", partial(launch, args, variant, dtype, n == 0)))
-    fill_derived(results, args.images)
-
     import torch
 
     device_name = bench.device_description(args.device)
+    peaks = bench.hardware_peaks(args.device, device_name, args.dtypes)
+    fill_derived(results, args.images, peaks)
     print(f"\nViT-{args.size}, {args.images} images x {args.crops} crops x {args.img_size}^2 "
           f"(batch {args.images * args.crops}), device {args.device} ({device_name}), "
           f"{args.threads} threads, median of {args.steps} steps after {args.warmup} warm-up, "
@@ -259,7 +256,7 @@ def run_all(args: argparse.Namespace) -> int:
     print_table(results, args.device)
     checks = check_targets(results, args)
     print_checks(checks, args)
-    config_keys = ("size", "images", "crops", "img_size", "warmup", "steps", "threads", "seed", "device",
+    config_keys = ("size", "images", "crops", "img_size", "compile", "warmup", "steps", "threads", "seed", "device",
                    "variants", "dtypes")
     bench.write_report(args, config_keys, device_name, load, results, checks)
     return bench.exit_status(results)
@@ -277,6 +274,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=8, help="images per step (default 8)")
     parser.add_argument("--crops", type=int, default=4, help="crops per image (default 4)")
     parser.add_argument("--img-size", type=int, default=112, help="crop side (default 112)")
+    parser.add_argument("--compile", action="store_true",
+                        help="time the step with the model under torch.compile (the warm-up steps compile it)")
     bench.add_run_options(parser, default_steps=3)
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)

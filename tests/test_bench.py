@@ -1,0 +1,62 @@
+"""The benchmark scripts' shared machinery: FLOP counting, hardware peaks and the timm reference rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adpe import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flop_count_of_a_linear_forward_and_backward():
+    layer = torch.nn.Linear(32, 16)
+    x = torch.randn(8, 32, requires_grad=True)
+    # forward x @ W^T, backward grad_x and grad_W: three matmuls of 8 x 32 x 16 multiply-adds
+    assert bench.count_flops(lambda: layer(x).sum().backward()) == 3 * 2 * 8 * 32 * 16
+
+
+@pytest.mark.parametrize("name, card", [("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100 PCIe"),
+                                        ("NVIDIA H200", "H200"), ("NVIDIA H200 NVL", "H200 NVL"),
+                                        ("NVIDIA A100-SXM4-80GB", "A100"), ("Intel Xeon", None)])
+def test_datasheet_peak_matches_the_card_most_specifically(name, card):
+    found = bench.datasheet_peak(name)
+    assert (found[0] if found else None) == card
+
+
+def test_utilisation_is_the_achieved_rate_over_each_peak():
+    result = {"flop_per_step": 4e12, "seconds_per_step": 0.01}  # 400 TFLOP/s
+    fields = bench.utilisation_fields(result, {"datasheet": 989.0, "matmul": 800.0})
+    assert fields["tflop_per_s"] == pytest.approx(400.0)
+    assert fields["utilisation"] == pytest.approx({"datasheet": 400 / 989, "matmul": 0.5})
+    assert bench.utilisation_text({**result, **fields}) == "50.0% matmul, 40.4% sheet"
+
+
+def test_measured_matmul_rate_is_positive_and_finite():
+    rate = bench.measure_matmul_tflops("cpu", "fp32", side=128, repeats=2)
+    assert 0 < rate < 1e3
+
+
+@pytest.mark.parametrize("ours, reference", [("ours_ape_bias", "timm_beit"), ("ours_ape", "timm_vit")])
+def test_backbone_benchmark_reference_rows_count_the_same_work_as_ours(ours, reference):
+    """timm's Beit / VisionTransformer rows are like-for-like: the same matmuls and attention as ours."""
+    tool = load_tool("benchmark_backbone")
+    flops = {}
+    for config in (ours, reference):
+        args = tool.parse_args(["--worker", "--config", config, "--dtype", "fp32", "--size", "tiny", "--seg-size",
+                                "64", "--steps", "1", "--warmup", "0", "--threads", "1", "--count-flops"])
+        flops[config] = tool.run_worker(args)["flop_per_step"]
+    assert flops[ours] == pytest.approx(flops[reference], rel=0.01)
