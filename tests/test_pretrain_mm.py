@@ -132,8 +132,8 @@ def test_amp_picks_bf16_or_fp16_from_the_gpu(monkeypatch, bf16_gpu, asked, expec
     name, dtype, scale = expected
     assert type(wrapper).__name__ == name
     assert getattr(wrapper, "cast_dtype", None) == dtype
-    if scale is not None:
-        assert wrapper.dynamic and wrapper.device_type == "cuda"
+    if scale is not None:  # mmengine's dynamic scaling: a GradScaler that grows and backs off, no fixed scale
+        assert wrapper._scale_update_param is None and wrapper.loss_scaler.get_growth_factor() > 1
     else:
         assert wrapper.device_type == "cuda" and not hasattr(wrapper, "loss_scaler")
 
