@@ -104,13 +104,13 @@ CONFIGS: dict[str, Config] = {c.name: c for c in (
     Config("timm_vit", "seg", "timm VisionTransformer (APE; reference of ours_ape)", timm="vit"),
     Config("timm_beit", "seg", "timm Beit (APE + rel-pos bias; reference of ours_ape_bias)", timm="beit"),
     Config("window", "det", "window + global blocks", {"use_checkpoint": False}, windowed=True),
+    Config("window_ckpt", "det", "window + global blocks, checkpointed", {"use_checkpoint": True}, windowed=True),
+    Config("global", "det", "all global", {"use_checkpoint": False}),
+    Config("global_ckpt", "det", "all global, checkpointed", {"use_checkpoint": True}),
     Config("window_irpe_cont", "det", "window + global blocks, iRPE continuous instead of the bias",
            {"use_checkpoint": False, "rel_pos": "irpe", "rpe_lookup": "continuous"}, windowed=True),
     Config("timm_sam", "det", "timm VisionTransformerSAM (the same ViTDet layout; reference)", timm="sam",
            windowed=True),
-    Config("window_ckpt", "det", "window + global blocks, checkpointed", {"use_checkpoint": True}, windowed=True),
-    Config("global", "det", "all global", {"use_checkpoint": False}),
-    Config("global_ckpt", "det", "all global, checkpointed", {"use_checkpoint": True}),
 )}
 SEG_BASELINE = "mmseg_mae"
 DET_BASELINE = "window"
@@ -177,7 +177,7 @@ def build_model(args: argparse.Namespace, config: Config) -> Any:
         model = ViTBackbone(args.size, img_size=(side, side), mode="det",
                             window_size=args.window_size if config.windowed else 0,
                             global_blocks=DET_GLOBAL_BLOCKS[args.size] if config.windowed else (),
-                            rel_pos="bias", drop_path_rate=DROP_PATH_RATE, **config.kwargs)
+                            drop_path_rate=DROP_PATH_RATE, **{"rel_pos": "bias", **config.kwargs})
     model.train()  # drop path on, and use_checkpoint only acts while training (mmseg's train() returns None)
     return model
 
@@ -271,8 +271,8 @@ def print_table(results: list[dict[str, Any]], device: str, baseline: str) -> No
     for r in results:
         config = CONFIGS[r["config"]]
         if "error" in r:
-            rows.append([r["config"], config.description, r["dtype"], "FAILED", r["error"][:100]]
-                        + [""] * (len(header) - 5))
+            rows.append([r["config"], config.description, r["dtype"], "FAILED"] + [""] * (len(header) - 5)
+                        + [r["error"][:100]])
             continue
         is_base = r["config"] == baseline
         row = [r["config"], config.description, r["dtype"], f"{r['seconds_per_step']:.3f}",
@@ -319,6 +319,8 @@ def print_targets(results: list[dict[str, Any]], checks: list[dict[str, Any]], a
     bench.print_check_lines(checks)
     if not checks:
         print("  (none checked: a baseline, a reference or ours missing from this run)")
+    if args.only == "det":
+        return
     is_reference = bench.matches_reference(args, REFERENCE_CONFIG)
     measured = {r["dtype"]: r["seconds_per_step"] for r in results
                 if r["config"] == SEG_BASELINE and "error" not in r}

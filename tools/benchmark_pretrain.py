@@ -25,13 +25,17 @@ What it measures
 
     The table gives, per variant and dtype: seconds per step, images/s (images, not crops), TFLOP per step,
     achieved GFLOP/s, peak memory, the bf16 speed-up over fp32 and the ratio of step time to the baseline's
-    (same dtype; shown only when the baseline is among ``--variants``).
+    (same dtype; shown only when the baseline is among ``--variants``). Before the table, a small table gives the
+    peak rates the utilisation column is measured against (see "GPU targets").
 
 How to run it
     PYTHONPATH=. .venv/bin/python tools/benchmark_pretrain.py                  # ViT-B, all variants
     PYTHONPATH=. .venv/bin/python tools/benchmark_pretrain.py --json bench.json --threads 2
     PYTHONPATH=. .venv/bin/python tools/benchmark_pretrain.py --variants mae_plus_rpe adpe_rpe_coord
     PYTHONPATH=. .venv/bin/python tools/benchmark_pretrain.py --size tiny --images 2 --steps 1  # smoke test
+    PYTHONPATH=. .venv/bin/python tools/benchmark_pretrain.py --images 128 --dtypes bf16 --steps 15   # GPU
+    PYTHONPATH=. .venv/bin/python tools/benchmark_pretrain.py --images 128 --dtypes bf16 --compile \
+        --variants mae_plus_ape                                           # the same step under torch.compile
 
     On a machine with CUDA the steps run on the GPU (``--device cpu`` forces the CPU). ViT-B on a 2-core
     CPU takes several minutes per (variant, dtype) pair: about an hour for the whole table. Run it on an
