@@ -409,7 +409,7 @@ def state_mismatch(state: dict, target: dict, optional: set[str] = frozenset()) 
 # ---------------------------------------------------------------------------------------------------------
 
 # Arguments of our AdPEPretrainer config that are not MaskedAutoencoder arguments.
-PRETRAINER_ONLY_KWARGS = ("type", "_scope_", "data_preprocessor", "init_cfg", "pretrained")
+PRETRAINER_ONLY_KWARGS = ("type", "_scope_", "data_preprocessor", "init_cfg", "pretrained", "compile")
 RELEASE_ADVERSARY_MODES = {0: None, 1: "embedding", 2: "coordinate"}  # args.adv_type
 RELEASE_NORMS = {0: "none", 1: "l2", 2: "linf"}  # args.norm
 # adpe_vit_base_patch16, mae_vit_large_patch16_dec512d8b, ... and 'tiny' (our test size).

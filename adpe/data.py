@@ -5,6 +5,10 @@
 * :class:`MultiCropTransform` is the MAE+ recipe: several independent random-resized crops per image
   (AdPE uses 4 crops of 112x112, scale 0.08-1, bicubic, horizontal flip).
 * :func:`multicrop_collate` stacks the per-image crop lists into one ``(B * num_crops, 3, H, W)`` tensor.
+* The same recipe with the decoding moved to the training device (``decode='device'``): the dataset returns
+  the file's bytes and a crop seed (:class:`EncodedImage`), and :func:`decode_multicrop` decodes a batch with
+  ``torchvision.io`` (nvJPEG on a GPU), then crops, resizes (bicubic, antialiased), flips and normalises it
+  there. Its crop parameters come from :meth:`MultiCropTransform.sample_params`, the CPU path's own sampler.
 
 Pure torch / torchvision / PIL: no OpenMMLab imports here.
 """
@@ -15,14 +19,17 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
+from torchvision import io as tv_io
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 try:  # keep the constants identical to timm's when it is installed
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -34,8 +41,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
+    "EncodedImage",
     "ImageFolderDataset",
     "MultiCropTransform",
+    "decode_multicrop",
     "find_images",
     "multicrop_collate",
 ]
@@ -92,7 +101,10 @@ class ImageFolderDataset(Dataset):
     """Unlabelled images found by :func:`find_images`, loaded as RGB PIL images.
 
     ``dataset[i]`` returns ``transform(image)`` (for :class:`MultiCropTransform`: a list of ``num_crops``
-    tensors of shape ``(3, size, size)``), or the RGB ``PIL.Image`` itself when ``transform`` is None.
+    tensors of shape ``(3, size, size)``), or the RGB ``PIL.Image`` itself when ``transform`` is None. With
+    ``encoded=True`` it reads the file's bytes instead, for decoding on the training device: an
+    :class:`EncodedImage` (the transform is then applied there, by :func:`decode_multicrop`). Empty files are
+    replaced like unreadable ones; a corrupt file is only found when decoded, and replaced there.
 
     An unreadable or truncated file is logged once (per path and per worker process) on the
     ``adpe.data`` logger and replaced by another image, chosen deterministically from the index
@@ -105,6 +117,7 @@ class ImageFolderDataset(Dataset):
         root: str | os.PathLike[str],
         transform: Callable[[Image.Image], Any] | None = None,
         max_retries: int = 10,
+        encoded: bool = False,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -112,6 +125,7 @@ class ImageFolderDataset(Dataset):
         self.paths: list[Path] = find_images(root)
         self.transform = transform
         self.max_retries = max_retries
+        self.encoded = encoded
         self.bad_paths: set[Path] = set()
         if ImageFile.LOAD_TRUNCATED_IMAGES:
             logger.warning(
@@ -128,6 +142,14 @@ class ImageFolderDataset(Dataset):
         with Image.open(path) as img:
             img.load()  # decode now, so truncation raises here (LOAD_TRUNCATED_IMAGES is left unset)
             return img.convert("RGB")
+
+    @staticmethod
+    def load_encoded(path: Path) -> EncodedImage:
+        """Read ``path``'s bytes, with a crop seed from this loader worker's seeded RNG; empty files raise."""
+        data = tv_io.read_file(str(path))
+        if data.numel() == 0:
+            raise OSError("empty file")
+        return EncodedImage(data, int(torch.randint(0, 2**62, (1,))), str(path))
 
     def _candidates(self, index: int) -> list[int]:
         n = len(self.paths)
@@ -147,7 +169,7 @@ class ImageFolderDataset(Dataset):
                     failed.append(path)
                 continue
             try:
-                img = self.load_image(path)
+                img = self.load_encoded(path) if self.encoded else self.load_image(path)
             except _LOAD_ERRORS as exc:
                 self.bad_paths.add(path)
                 failed.append(path)
@@ -158,7 +180,7 @@ class ImageFolderDataset(Dataset):
                     exc,
                 )
                 continue
-            return img if self.transform is None else self.transform(img)
+            return img if self.transform is None or self.encoded else self.transform(img)
         raise RuntimeError(
             f"Could not load image {index} ('{self.paths[index]}') nor any of its {self.max_retries} "
             f"replacement candidates; unreadable files: {', '.join(str(p) for p in failed)}"
@@ -167,7 +189,7 @@ class ImageFolderDataset(Dataset):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(root='{self.root}', num_images={len(self)}, "
-            f"max_retries={self.max_retries}, transform={self.transform!r})"
+            f"max_retries={self.max_retries}, encoded={self.encoded}, transform={self.transform!r})"
         )
 
 
@@ -210,11 +232,83 @@ class MultiCropTransform:
         """Return ``num_crops`` tensors of shape ``(3, size, size)``."""
         return [self.crop(img) for _ in range(self.num_crops)]
 
+    def sample_params(self, height: int, width: int, seed: int) -> list[tuple[int, int, int, int, bool]]:
+        """``num_crops`` (top, left, crop height, crop width, flip) for an image of that size, drawn from ``seed``
+        exactly as the CPU path's RandomResizedCrop and RandomHorizontalFlip draw them (the global RNG is left
+        untouched)."""
+        resized_crop, flip = self.crop.transforms[0], self.crop.transforms[1]
+        placeholder = torch.empty(0, height, width)  # get_params reads the size only
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return [(*resized_crop.get_params(placeholder, list(self.scale), list(resized_crop.ratio)),
+                     bool(torch.rand(1) < flip.p)) for _ in range(self.num_crops)]
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_crops={self.num_crops}, size={self.size}, scale={self.scale}, "
             f"interpolation=bicubic, hflip=0.5, mean={self.mean}, std={self.std})"
         )
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """One image as stored on disk, for decoding on the training device: ``data`` its bytes (uint8, 1-D),
+    ``seed`` what its crops are drawn from (from the loader worker's seeded RNG, as the CPU path's are), and
+    ``path`` for messages."""
+
+    data: torch.Tensor
+    seed: int
+    path: str
+
+
+def _is_jpeg(data: torch.Tensor) -> bool:
+    return data.numel() > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8
+
+
+def decode_images(batch: Sequence[EncodedImage], device: torch.device | str) -> list[torch.Tensor]:
+    """Decode to RGB uint8 (3, H, W) on ``device``: JPEGs in one batched call there (nvJPEG on CUDA), other formats
+    on the CPU. A file that does not decode is logged and replaced by the batch's first good image."""
+    device = torch.device(device)
+    rgb = tv_io.ImageReadMode.RGB
+    decoded: list[torch.Tensor | None] = [None] * len(batch)
+    jpegs = [i for i, item in enumerate(batch) if _is_jpeg(item.data)]
+    try:
+        images = tv_io.decode_jpeg([batch[i].data for i in jpegs], mode=rgb, device=device) if jpegs else []
+        for i, image in zip(jpegs, images, strict=True):
+            decoded[i] = image
+    except RuntimeError:  # one bad file fails the batched call: decode them one by one below
+        pass
+    for i, item in enumerate(batch):
+        if decoded[i] is not None:
+            continue
+        try:
+            decoded[i] = tv_io.decode_image(item.data, mode=rgb).to(device)
+        except RuntimeError as exc:
+            logger.warning("Skipping undecodable image %s (%s); using another image of the batch instead.",
+                           item.path, exc)
+    good = [image for image in decoded if image is not None]
+    if not good:
+        raise RuntimeError(f"none of the {len(batch)} images of the batch decodes, e.g. {batch[0].path}")
+    return [image if image is not None else good[0] for image in decoded]
+
+
+def decode_multicrop(
+    batch: Sequence[EncodedImage], transform: MultiCropTransform, device: torch.device | str
+) -> torch.Tensor:
+    """The multi-crop recipe of ``transform`` on ``device``: (B * num_crops, 3, size, size) float, normalised,
+    image-major like :func:`multicrop_collate`. Crops are resized bicubically with antialiasing from uint8."""
+    crops, flips = [], []
+    for item, image in zip(batch, decode_images(batch, device), strict=True):
+        for top, left, height, width, flip in transform.sample_params(*image.shape[-2:], item.seed):
+            crops.append(TF.resized_crop(image, top, left, height, width, [transform.size, transform.size],
+                                         interpolation=InterpolationMode.BICUBIC, antialias=True))
+            flips.append(flip)
+    stacked = torch.stack(crops)
+    flip_mask = torch.tensor(flips, device=stacked.device)[:, None, None, None]
+    stacked = torch.where(flip_mask, stacked.flip(-1), stacked).float().div_(255)
+    mean = torch.tensor(transform.mean, device=stacked.device)[:, None, None]
+    std = torch.tensor(transform.std, device=stacked.device)[:, None, None]
+    return stacked.sub_(mean).div_(std)
 
 
 def multicrop_collate(batch: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:

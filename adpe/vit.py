@@ -7,7 +7,7 @@ Parameter names follow MAE / timm (``norm1``, ``attn.qkv``, ``attn.proj``, ``nor
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 
@@ -199,6 +199,22 @@ def window_unpartition(windows: Tensor, window: int, padded: tuple[int, int], gr
     c = windows.shape[-1]
     x = windows.reshape(-1, hp // window, wp // window, window, window, c).transpose(2, 3)
     return x.reshape(-1, hp, wp, c)[:, :h, :w]
+
+
+def compile_blocks(blocks: Iterable[nn.Module], options: bool | dict, on_cpu: bool = False) -> bool:
+    """``torch.compile`` each transformer block in place when ``options`` asks for it (True, or a dict of
+    torch.compile arguments) and a GPU is present, or ``on_cpu``; returns whether it did.
+
+    Regional compilation: every block runs the same code, so one compiled graph serves all blocks of a kind
+    (windowed, global) and compiling takes seconds, not minutes; ``Module.compile`` keeps the state-dict keys.
+    Without a GPU the blocks stay eager: that is the CPU fallback, as inductor's CPU kernels are not what the
+    switch is for and compiling them costs minutes on a small CPU.
+    """
+    if not options or not (on_cpu or torch.cuda.is_available()):
+        return False
+    for block in blocks:
+        block.compile(**(options if isinstance(options, dict) else {}))
+    return True
 
 
 def init_mae_weights(module: nn.Module) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ from PIL import Image
 from adpe.data import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
+    EncodedImage,
     ImageFolderDataset,
     MultiCropTransform,
+    decode_multicrop,
     find_images,
     multicrop_collate,
 )
@@ -260,3 +263,80 @@ def test_multicrop_collate_rejects_mismatched_shapes() -> None:
         multicrop_collate([])
     with pytest.raises(TypeError):
         multicrop_collate([torch.zeros(2, 3, 4, 4)])
+
+
+# --------------------------------------------------------------------------- decoding on the training device
+
+
+def _smooth(width: int = 200, height: int = 150) -> Image.Image:
+    """Smooth content, where PIL's and torchvision's bicubic resampling agree to rounding."""
+    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    arr = torch.stack([(torch.sin(x / 17) + 1) * 120, (torch.cos(y / 11) + 1) * 120, (x + y) % 64 + 96], dim=-1)
+    return Image.fromarray(arr.to(torch.uint8).numpy())
+
+
+@pytest.mark.parametrize("fmt, tolerance", [("png", 0.02), ("jpg", 0.03)])  # 1 grey level = 0.0174
+def test_device_decode_gives_the_cpu_paths_crops(tmp_path: Path, fmt: str, tolerance: float) -> None:
+    """Same file, same crop parameters: the device path's crops equal the PIL path's to a grey level or so (the
+    JPEG decoders round differently); they are image-major like multicrop_collate."""
+    import torchvision.transforms.functional as F
+
+    _smooth().save(tmp_path / f"a.{fmt}")
+    _smooth(160, 220).save(tmp_path / f"b.{fmt}")
+    transform = MultiCropTransform(num_crops=3, size=32)
+    dataset = ImageFolderDataset(tmp_path, encoded=True)
+    batch = [dataset[0], dataset[1]]
+    out = decode_multicrop(batch, transform, "cpu")
+    assert out.shape == (6, 3, 32, 32) and out.dtype == torch.float32
+    for k, item in enumerate(batch):
+        image = _read_rgb(Path(item.path))
+        for c, (top, left, h, w, flip) in enumerate(transform.sample_params(image.height, image.width, item.seed)):
+            ref = F.resized_crop(image, top, left, h, w, [32, 32], F.InterpolationMode.BICUBIC)
+            ref = F.normalize(F.to_tensor(F.hflip(ref) if flip else ref), transform.mean, transform.std)
+            assert (out[3 * k + c] - ref).abs().max() < tolerance
+
+
+def test_device_crop_parameters_follow_the_cpu_paths_distribution() -> None:
+    """Scale, aspect ratio and flip statistics of the seeded sampler against the CPU path's own draws."""
+    transform = MultiCropTransform(num_crops=1, size=32)
+    height, width = 375, 500
+    seeded = [transform.sample_params(height, width, seed)[0] for seed in range(3000)]
+    resized_crop = transform.crop.transforms[0]
+    torch.manual_seed(0)
+    placeholder = torch.empty(0, height, width)
+    cpu = [(*resized_crop.get_params(placeholder, [0.08, 1.0], [3 / 4, 4 / 3]), bool(torch.rand(1) < 0.5))
+           for _ in range(3000)]
+
+    def stats(draws):
+        area = torch.tensor([h * w / (height * width) for _, _, h, w, _ in draws])
+        log_ratio = torch.tensor([math.log(w / h) for _, _, h, w, _ in draws])
+        return area.mean(), log_ratio.mean(), log_ratio.std(), torch.tensor([f for *_, f in draws]).float().mean()
+
+    # about 4 standard errors of the difference of two means of 3000 draws
+    for ours, theirs, tol in zip(stats(seeded), stats(cpu), (0.03, 0.01, 0.01, 0.05), strict=True):
+        assert abs(float(ours) - float(theirs)) < tol
+    assert transform.sample_params(height, width, 7) == transform.sample_params(height, width, 7), "reproducible"
+
+
+def test_sampling_crop_parameters_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    MultiCropTransform().sample_params(100, 100, seed=5)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_device_decode_replaces_an_undecodable_image_and_logs_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _smooth().save(tmp_path / "good.jpg")
+    _truncated_jpeg(tmp_path / "bad.jpg")
+    dataset = ImageFolderDataset(tmp_path, encoded=True)
+    batch = sorted((dataset[0], dataset[1]), key=lambda item: item.path)  # bad, good
+    with caplog.at_level(logging.WARNING, logger="adpe.data"):
+        out = decode_multicrop(batch, MultiCropTransform(num_crops=2, size=16), "cpu")
+    assert out.shape == (4, 3, 16, 16) and torch.isfinite(out).all()
+    assert [r for r in _data_logs(caplog) if "bad.jpg" in r.getMessage()]
+    garbage = EncodedImage(torch.tensor([0xFF, 0xD8, 1, 2, 3], dtype=torch.uint8), 0, "garbage.jpg")
+    with pytest.raises(RuntimeError, match="none of the 1 images of the batch decodes, e.g. garbage.jpg"):
+        decode_multicrop([garbage], MultiCropTransform(num_crops=1, size=16), "cpu")

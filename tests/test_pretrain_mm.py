@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import warnings
@@ -97,6 +98,37 @@ def test_resumed_run_matches_uninterrupted_run(image_folder, tmp_path):
     a = load_checkpoint_file(tmp_path / "straight/epoch_2.pth")["state_dict"]
     b = load_checkpoint_file(tmp_path / "stopped/epoch_2.pth")["state_dict"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("model_cfg, count", [
+    (dict(type="AdPEPretrainer", size="tiny", compile=True), 4 + 1),  # encoder and decoder blocks
+    (dict(type="AdPEViT", size="tiny", img_size=(64, 64), mode="seg", out_indices=(0, 1, 2, 3), rel_pos="none",
+          compile=dict(mode="max-autotune")), 4),
+])
+def test_compile_switch_compiles_every_block_on_gpu_machines_and_stays_eager_on_cpu(monkeypatch, model_cfg, count):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((type(self).__name__, kw)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    MODELS.build(dict(model_cfg))
+    assert compiled == [], "CPU-only machines stay eager"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    MODELS.build(dict(model_cfg))
+    options = model_cfg["compile"] if isinstance(model_cfg["compile"], dict) else {}
+    assert compiled == [("Block", options)] * count
+
+
+def test_device_decode_trains_from_encoded_images(image_folder, tmp_path):
+    """decode='device': the loader reads bytes, the model's preprocessor decodes and crops them on its device."""
+    cfg = tiny_cfg("pretrain/demo/mae_plus_vit_tiny_ape.py", image_folder, tmp_path, epochs=1)
+    cfg.train_dataloader.dataset.decode = "device"
+    runner = Runner.from_cfg(cfg)
+    batch = next(iter(runner.train_dataloader))
+    assert batch["inputs"]["encoded"][0].data.dtype == torch.uint8  # bytes, not pixels, leave the workers
+    inputs = runner.model.data_preprocessor(batch, training=True)["inputs"]
+    assert inputs.shape == (4 * 4, 3, 112, 112) and inputs.dtype == torch.float32
+    runner.train()
+    losses = logged(tmp_path, "loss")
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of --amp")

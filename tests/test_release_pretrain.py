@@ -185,7 +185,7 @@ def test_our_checkpoint_round_trips(tmp_path):
     model = MaskedAutoencoder("tiny", position="rpe", rpe_lookup="continuous", adversary="coordinate",
                               adv_norm="none")
     cfg = ("model = dict(type='AdPEPretrainer', size='tiny', position='rpe', rpe_lookup='continuous', "
-           "adversary='coordinate', adv_norm='none', data_preprocessor=None)\n")
+           "adversary='coordinate', adv_norm='none', data_preprocessor=None, compile=True)\n")
     torch.save({"meta": {"cfg": cfg}, "state_dict": {f"mae.{k}": v for k, v in model.state_dict().items()}},
                tmp_path / "epoch_1.pth")
     loaded = load_pretrainer(tmp_path / "epoch_1.pth")

@@ -7,16 +7,17 @@ from functools import partial
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import BaseModel
+from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.optim import OptimWrapper
 from mmengine.registry import DATASETS, FUNCTIONS, HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from torch import Tensor
 
 from adpe.checkpoint import load_checkpoint_file, load_strictly, pretrainer_from_checkpoint
-from adpe.data import ImageFolderDataset, MultiCropTransform, multicrop_collate
+from adpe.data import EncodedImage, ImageFolderDataset, MultiCropTransform, decode_multicrop, multicrop_collate
 from adpe.mae import MaskedAutoencoder
 from adpe.mm.engine import bare_model, build_grouped_optim_wrapper
 from adpe.optim import pretrain_param_groups
+from adpe.vit import compile_blocks
 
 
 @MODELS.register_module()
@@ -27,13 +28,18 @@ class AdPEPretrainer(BaseModel):
     ``pretrained``: start from the weights of a pretraining checkpoint (ours, or an MAE / AdPE release), loaded
     strictly into the model this config builds; only the adversary may be absent (e.g. an AdPE run started
     from MAE+ weights), and then starts afresh. Resuming a run takes precedence over it.
+    ``compile``: True (or torch.compile's arguments) compiles the encoder and decoder blocks on GPU machines
+    (``adpe.vit.compile_blocks``; CPU-only machines stay eager).
     """
 
     def __init__(self, data_preprocessor: dict | None = None, init_cfg: dict | None = None,
-                 pretrained: str | None = None, **mae_kwargs):
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+                 pretrained: str | None = None, compile: bool | dict = False, **mae_kwargs):  # noqa: A002
+        super().__init__(data_preprocessor=data_preprocessor or dict(type="AdPEMultiCropPreprocessor"),
+                         init_cfg=init_cfg)
         self.mae = MaskedAutoencoder(**mae_kwargs)
         self.pretrained = pretrained
+        if compile and not compile_blocks([*self.mae.blocks, *self.mae.decoder_blocks], compile):
+            print_log("AdPEPretrainer: compile skipped, no GPU (CPU fallback: eager)", logger="current")
 
     def init_weights(self) -> None:
         super().init_weights()
@@ -57,18 +63,45 @@ class AdPEPretrainer(BaseModel):
 
 @DATASETS.register_module()
 class AdPEImageFolder(ImageFolderDataset):
-    """ImageNet-style or flat image folder with the MAE+ multi-crop transform (labels unused)."""
+    """ImageNet-style or flat image folder with the MAE+ multi-crop transform (labels unused).
+
+    decode: 'cpu' decodes and crops in the loader workers (PIL); 'device' has them read the files' bytes only,
+    and the model's ``AdPEMultiCropPreprocessor`` decodes and crops the batch on the training device
+    (``adpe.data.decode_multicrop``: nvJPEG on a GPU) -- for GPUs that the loader's cores cannot keep fed.
+    """
 
     def __init__(self, data_root: str, num_crops: int = 4, crop_size: int = 112,
-                 scale: tuple[float, float] = (0.08, 1.0)):
-        super().__init__(data_root, transform=MultiCropTransform(num_crops, crop_size, tuple(scale)))
-        self.metainfo = {"num_crops": num_crops, "crop_size": crop_size}
+                 scale: tuple[float, float] = (0.08, 1.0), decode: str = "cpu"):
+        if decode not in ("cpu", "device"):
+            raise ValueError(f"AdPEImageFolder: decode must be 'cpu' or 'device', got {decode!r}")
+        super().__init__(data_root, transform=MultiCropTransform(num_crops, crop_size, tuple(scale)),
+                         encoded=decode == "device")
+        self.metainfo = {"num_crops": num_crops, "crop_size": crop_size, "decode": decode}
+
+    def __getitem__(self, index: int):
+        item = super().__getitem__(index)
+        return {"encoded": item, "transform": self.transform} if self.encoded else item
 
 
 @FUNCTIONS.register_module()
-def adpe_multicrop_collate(batch: list) -> dict[str, Tensor]:
-    """Stack every crop of every image into one batch: {'inputs': (B * crops, C, H, W)}."""
+def adpe_multicrop_collate(batch: list) -> dict:
+    """One batch: {'inputs': (B * crops, C, H, W)} stacked crops, or for ``decode='device'`` the encoded
+    images and their transform, which the model's preprocessor decodes on its device."""
+    if batch and isinstance(batch[0], dict):
+        return {"inputs": {"encoded": [item["encoded"] for item in batch], "transform": batch[0]["transform"]}}
     return {"inputs": multicrop_collate(batch)}
+
+
+@MODELS.register_module()
+class AdPEMultiCropPreprocessor(BaseDataPreprocessor):
+    """Moves a stacked multi-crop batch to the model's device, or decodes and crops an encoded one there."""
+
+    def forward(self, data: dict, training: bool = False) -> dict:
+        inputs = data["inputs"]
+        if isinstance(inputs, dict) and inputs["encoded"] and isinstance(inputs["encoded"][0], EncodedImage):
+            return {"inputs": decode_multicrop(inputs["encoded"], inputs["transform"], self.device),
+                    "data_samples": None}
+        return super().forward(data, training)
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()

@@ -21,6 +21,7 @@ from adpe.checkpoint import (
 )
 from adpe.mm.engine import bare_model, build_grouped_optim_wrapper
 from adpe.optim import layer_decay_param_groups
+from adpe.vit import compile_blocks
 
 
 def pretrained_path(init_cfg: dict | None) -> str | None:
@@ -53,16 +54,20 @@ class AdPEViT(ViTBackbone, BaseModule):
     ``rel_pos='auto'`` uses the checkpoint's iRPE tables when it has them and a zero-initialised learned
     bias otherwise; ``rpe_lookup='auto'`` follows the checkpoint's pretraining (continuous for RPE coordinate
     mode). An APE checkpoint, or none, gets a zero-initialised learned bias in seg / det mode and no relative
-    term in cls mode (``resolve_auto``).
+    term in cls mode (``resolve_auto``). ``compile``: True (or torch.compile's arguments) compiles the blocks on
+    GPU machines (``adpe.vit.compile_blocks``; CPU-only machines stay eager).
     """
 
-    def __init__(self, rel_pos: str = "auto", rpe_lookup: str = "auto", init_cfg: dict | None = None, **kwargs):
+    def __init__(self, rel_pos: str = "auto", rpe_lookup: str = "auto", init_cfg: dict | None = None,
+                 compile: bool | dict = False, **kwargs):  # noqa: A002
         self._checkpoint_path = pretrained_path(init_cfg)
         if "auto" in (rel_pos, rpe_lookup):  # the one place 'auto' is resolved (ResolvedBackboneHook records it)
             ckpt = load_checkpoint_file(self._checkpoint_path) if self._checkpoint_path else None
             rel_pos, rpe_lookup = resolve_auto(rel_pos, rpe_lookup, ckpt, kwargs.get("mode", "seg"))
         ViTBackbone.__init__(self, rel_pos=rel_pos, rpe_lookup=rpe_lookup, **kwargs)
         self.init_cfg = copy.deepcopy(init_cfg)
+        if compile and not compile_blocks(self.blocks, compile):
+            print_log("AdPEViT: compile skipped, no GPU (CPU fallback: eager)", logger="current")
 
     def init_weights(self) -> None:
         if self._checkpoint_path is None or self._is_init:

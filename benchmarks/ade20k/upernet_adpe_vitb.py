@@ -32,6 +32,7 @@ model = dict(
         rel_pos='auto',
         rpe_lookup='auto',
         drop_path_rate=0.1,
+        compile=False,  # True: torch.compile the blocks on GPU machines (README, "GPU nodes and clusters")
         init_cfg=dict(type='Pretrained', checkpoint=None),
     ),
     neck=dict(embed_dim=768, rescales=[4, 2, 1, 0.5]),

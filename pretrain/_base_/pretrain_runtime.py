@@ -27,6 +27,7 @@ model = dict(
     position='ape',
     mask_ratio=0.75,
     norm_pix_loss=True,
+    compile=False,  # True: torch.compile the encoder and decoder blocks on GPU machines (CPU-only ones stay eager)
 )
 
 train_dataloader = dict(
@@ -36,7 +37,8 @@ train_dataloader = dict(
     pin_memory=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     collate_fn=dict(type='adpe_multicrop_collate'),
-    dataset=dict(type='AdPEImageFolder', data_root=data_root, num_crops=num_crops, crop_size=112),
+    # decode='device': the workers read bytes and the model's preprocessor decodes and crops on the GPU
+    dataset=dict(type='AdPEImageFolder', data_root=data_root, num_crops=num_crops, crop_size=112, decode='cpu'),
 )
 
 optim_wrapper = dict(

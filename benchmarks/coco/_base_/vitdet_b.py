@@ -28,6 +28,7 @@ vitdet_backbone = dict(
     rpe_lookup='auto',
     drop_path_rate=0.1,
     use_checkpoint=False,  # True trades compute for memory
+    compile=False,  # True: torch.compile the blocks on GPU machines (README, "GPU nodes and clusters")
     init_cfg=dict(type='Pretrained', checkpoint=None),
 )
 vitdet_neck = dict(_delete_=True, type='AdPESimpleFPN', in_channels=768, out_channels=256,
