@@ -146,8 +146,8 @@ class ImageFolderDataset(Dataset):
     @staticmethod
     def load_encoded(path: Path) -> EncodedImage:
         """Read ``path``'s bytes, with a crop seed from this loader worker's seeded RNG; empty files raise."""
-        data = tv_io.read_file(str(path))
-        if data.numel() == 0:
+        data = path.read_bytes()
+        if not data:
             raise OSError("empty file")
         return EncodedImage(data, int(torch.randint(0, 2**62, (1,))), str(path))
 
@@ -252,17 +252,24 @@ class MultiCropTransform:
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """One image as stored on disk, for decoding on the training device: ``data`` its bytes (uint8, 1-D),
-    ``seed`` what its crops are drawn from (from the loader worker's seeded RNG, as the CPU path's are), and
-    ``path`` for messages."""
+    """One image as stored on disk, for decoding on the training device: ``data`` its bytes, ``seed`` what its
+    crops are drawn from (from the loader worker's seeded RNG, as the CPU path's are), and ``path`` for messages.
 
-    data: torch.Tensor
+    Plain ``bytes``, not a tensor: loader workers pickle them by value, where a tensor would travel as a shared-
+    memory file descriptor per image (and fail once the worker has let go of it).
+    """
+
+    data: bytes
     seed: int
     path: str
 
 
-def _is_jpeg(data: torch.Tensor) -> bool:
-    return data.numel() > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8
+def _is_jpeg(data: bytes) -> bool:
+    return data[:2] == b"\xff\xd8"
+
+
+def _as_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def decode_images(batch: Sequence[EncodedImage], device: torch.device | str) -> list[torch.Tensor]:
@@ -273,7 +280,7 @@ def decode_images(batch: Sequence[EncodedImage], device: torch.device | str) -> 
     decoded: list[torch.Tensor | None] = [None] * len(batch)
     jpegs = [i for i, item in enumerate(batch) if _is_jpeg(item.data)]
     try:
-        images = tv_io.decode_jpeg([batch[i].data for i in jpegs], mode=rgb, device=device) if jpegs else []
+        images = tv_io.decode_jpeg([_as_tensor(batch[i].data) for i in jpegs], mode=rgb, device=device) if jpegs else []
         for i, image in zip(jpegs, images, strict=True):
             decoded[i] = image
     except RuntimeError:  # one bad file fails the batched call: decode them one by one below
@@ -282,7 +289,7 @@ def decode_images(batch: Sequence[EncodedImage], device: torch.device | str) -> 
         if decoded[i] is not None:
             continue
         try:
-            decoded[i] = tv_io.decode_image(item.data, mode=rgb).to(device)
+            decoded[i] = tv_io.decode_image(_as_tensor(item.data), mode=rgb).to(device)
         except RuntimeError as exc:
             logger.warning("Skipping undecodable image %s (%s); using another image of the batch instead.",
                            item.path, exc)

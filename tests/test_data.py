@@ -337,6 +337,17 @@ def test_device_decode_replaces_an_undecodable_image_and_logs_it(
         out = decode_multicrop(batch, MultiCropTransform(num_crops=2, size=16), "cpu")
     assert out.shape == (4, 3, 16, 16) and torch.isfinite(out).all()
     assert [r for r in _data_logs(caplog) if "bad.jpg" in r.getMessage()]
-    garbage = EncodedImage(torch.tensor([0xFF, 0xD8, 1, 2, 3], dtype=torch.uint8), 0, "garbage.jpg")
+    garbage = EncodedImage(b"\xff\xd8\x01\x02\x03", 0, "garbage.jpg")
     with pytest.raises(RuntimeError, match="none of the 1 images of the batch decodes, e.g. garbage.jpg"):
         decode_multicrop([garbage], MultiCropTransform(num_crops=1, size=16), "cpu")
+
+
+def test_encoded_images_cross_loader_worker_processes(tmp_path: Path) -> None:
+    """Bytes travel from worker processes by value (tensors would go as shared-memory descriptors and fail)."""
+    from torch.utils.data import DataLoader
+
+    for i in range(6):
+        _smooth(40 + i, 30).save(tmp_path / f"{i}.jpg")
+    loader = DataLoader(ImageFolderDataset(tmp_path, encoded=True), batch_size=3, num_workers=2, collate_fn=list)
+    batches = [decode_multicrop(batch, MultiCropTransform(num_crops=2, size=16), "cpu") for batch in loader]
+    assert [tuple(b.shape) for b in batches] == [(6, 3, 16, 16)] * 2
