@@ -62,7 +62,7 @@ if ! ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
     if [[ "$MMCV_FORCE_CUDA" == 1 ]]; then
         say "building mmcv $MMCV_VERSION with CPU and CUDA ops (C++20); about 6.5 minutes with MAX_JOBS=12 for one architecture"
     else
-        say "building mmcv $MMCV_VERSION with compiled CPU ops (C++20); takes 7-10 minutes on 2 cores"
+        say "building mmcv $MMCV_VERSION with compiled CPU ops (C++20); takes 8-20 minutes on 2 cores"
     fi
     mkdir -p "$CACHE/wheels"
     work=$(mktemp -d "$CACHE/wheels/build.XXXXXX")
