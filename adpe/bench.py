@@ -271,10 +271,8 @@ def hardware_peaks(device: str, device_name: str, dtypes: Sequence[str]) -> dict
     """Per dtype, the peaks the utilisation is measured against: the card's datasheet rate (when known) and a
     measured matmul; printed as a small table."""
     card = datasheet_peak(device_name) if device == "cuda" else None
-    peaks = {dtype: {"matmul": measure_matmul_tflops(device, dtype)} for dtype in dtypes}
-    for dtype in dtypes:
-        if card:
-            peaks[dtype]["datasheet"] = card[1][dtype]
+    peaks = {dtype: {"matmul": measure_matmul_tflops(device, dtype), **({"datasheet": card[1][dtype]} if card else {})}
+             for dtype in dtypes}
     print(f"\npeak rates (TFLOP/s) of {device_name}: measured = best square matmul here; datasheet = dense "
           f"{'rate of the ' + card[0] if card else 'rate (no datasheet entry for this device)'}")
     rows = [[dtype, f"{peaks[dtype]['matmul']:.2f}", fmt(peaks[dtype].get("datasheet"), ".1f")] for dtype in dtypes]

@@ -13,7 +13,7 @@ from mmengine.registry import DATASETS, FUNCTIONS, HOOKS, MODELS, OPTIM_WRAPPER_
 from torch import Tensor
 
 from adpe.checkpoint import load_checkpoint_file, load_strictly, pretrainer_from_checkpoint
-from adpe.data import EncodedImage, ImageFolderDataset, MultiCropTransform, decode_multicrop, multicrop_collate
+from adpe.data import ImageFolderDataset, MultiCropTransform, decode_multicrop, multicrop_collate
 from adpe.mae import MaskedAutoencoder
 from adpe.mm.engine import bare_model, build_grouped_optim_wrapper
 from adpe.optim import pretrain_param_groups
@@ -98,7 +98,7 @@ class AdPEMultiCropPreprocessor(BaseDataPreprocessor):
 
     def forward(self, data: dict, training: bool = False) -> dict:
         inputs = data["inputs"]
-        if isinstance(inputs, dict) and inputs["encoded"] and isinstance(inputs["encoded"][0], EncodedImage):
+        if isinstance(inputs, dict):  # adpe_multicrop_collate's batch of encoded images
             return {"inputs": decode_multicrop(inputs["encoded"], inputs["transform"], self.device),
                     "data_samples": None}
         return super().forward(data, training)
