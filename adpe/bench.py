@@ -7,9 +7,9 @@ driver parses it (so that each pair's peak memory is its own). This module holds
 * the command line both scripts have in common (``add_dtypes_option``, ``add_run_options``, ``parse_checked``)
   and ``dispatch``, which runs the worker or the driver;
 * worker helpers: thread count and seed, random inputs, bf16 autocast, timing, peak memory, FLOP counting;
-* driver helpers: launching a worker and parsing its result, the load-average warning, the hardware's peak
-  rates (datasheet and a measured matmul) and the utilisation against them, table and target printing, and
-  the JSON report.
+* driver helpers: launching a worker and parsing its result, skipping bf16 where it is emulated, the
+  load-average warning, the hardware's peak rates (datasheet and a measured matmul) and the utilisation
+  against them, table and target printing, and the JSON report.
 
 The scripts import it as ``from adpe import bench``; it imports torch only inside the worker helpers, so
 a driver starts fast.
@@ -298,6 +298,20 @@ def forwarded_options(args: argparse.Namespace, names: Iterable[str]) -> list[st
     return options
 
 
+def emulated_bf16(dtype: str, device: str) -> bool:
+    """Whether ``dtype`` is bf16 on a ``device`` ('cpu' or 'cuda') that only emulates it (``adpe.env.native_bf16``,
+    the rule ``--amp`` follows): a step there takes about 100x the fp32 one, minutes for ViT-B on a CPU."""
+    from adpe.env import native_bf16
+
+    return dtype == "bf16" and not native_bf16(device)
+
+
+def skipped_emulated(identity: Result) -> Result:
+    """The result of a pair that is not timed because its bf16 is emulated: ``identity`` plus ``skipped``."""
+    return {**identity, "skipped": "bf16 is emulated here (no native bf16), ~100x slower than fp32: not timed; "
+                                   "--amp uses fp32"}
+
+
 def launch_worker(
     script: str, options: list[str], args: argparse.Namespace, identity: Result
 ) -> Result:
@@ -341,7 +355,7 @@ def run_logged(label: str, launch: Callable[[], Result]) -> Result:
     print(f"[bench] {label} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
     result = launch()
-    status = result.get("error") or f"{result['seconds_per_step']:.3f} s/step"
+    status = result.get("error") or result.get("skipped") or f"{result['seconds_per_step']:.3f} s/step"
     print(f"[bench]   {status} ({time.perf_counter() - started:.0f} s wall)", file=sys.stderr, flush=True)
     return result
 
@@ -351,9 +365,14 @@ def exit_status(results: list[Result]) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+def timed(result: Result) -> bool:
+    """Whether the pair was timed: neither failed (``error``) nor left out (``skipped``)."""
+    return "error" not in result and "skipped" not in result
+
+
 def successful_by_key(results: list[Result], name_key: str) -> dict[tuple[str, str], Result]:
-    """The results without an error, by (``result[name_key]``, dtype)."""
-    return {(r[name_key], r["dtype"]): r for r in results if "error" not in r}
+    """The timed results (``timed``), by (``result[name_key]``, dtype)."""
+    return {(r[name_key], r["dtype"]): r for r in results if timed(r)}
 
 
 def bf16_speedup(fp32: Result | None, dtype: str, seconds: float) -> float | None:

@@ -12,6 +12,7 @@ with 1 = removed (masked), 0 = visible; the loss is the mean squared error on ma
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import Literal
 
 import torch
@@ -24,6 +25,19 @@ from adpe.rpe import check_lookup_kind, grid_lookup
 from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_, vit_size
 
 
+def check_mask_ratio(mask_ratio, length: int) -> int:
+    """The number of visible patches ``int(length * (1 - mask_ratio))``, or a ValueError naming ``mask_ratio`` and
+    its valid range: a number that masks at least one of the ``length`` patches and leaves one visible."""
+    # A config value may be anything (--cfg-options model.mask_ratio=high gives a str): say what is valid.
+    valid = f"a number with 0 < mask_ratio <= 1 - 1/{length} (at least one of {length} patches visible), e.g. 0.75"
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, Real):
+        raise ValueError(f"mask_ratio must be {valid}; got {mask_ratio!r}")
+    len_keep = int(length * (1 - mask_ratio))
+    if not 0 < len_keep < length:
+        raise ValueError(f"mask_ratio={mask_ratio} leaves {len_keep} of {length} patches visible; it must be {valid}")
+    return len_keep
+
+
 def random_masking(
     batch: int, length: int, mask_ratio: float, device=None, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -32,9 +46,7 @@ def random_masking(
     Returns mask (B, L) float (1 = removed, exactly L - int(L * (1 - ratio)) ones per row), ids_restore
     (B, L) (inverse of the shuffle) and ids_keep (B, len_keep) (visible patches, in shuffled order).
     """
-    len_keep = int(length * (1 - mask_ratio))
-    if not 0 < len_keep < length:
-        raise ValueError(f"mask ratio {mask_ratio} leaves {len_keep} of {length} patches visible")
+    len_keep = check_mask_ratio(mask_ratio, length)
     noise = torch.rand(batch, length, device=device, generator=generator)
     ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
@@ -86,6 +98,7 @@ class MaskedAutoencoder(nn.Module):
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         self.patch_size, self.in_chans = dims.patch_size, in_chans
         self.grid = (img_size // dims.patch_size, img_size // dims.patch_size)
+        check_mask_ratio(mask_ratio, self.grid[0] * self.grid[1])  # when the model is built, not at its first step
         rpe = position == "rpe"
 
         self.patch_embed = PatchEmbed(img_size, dims.patch_size, in_chans, dims.embed_dim)

@@ -60,3 +60,30 @@ def test_backbone_benchmark_reference_rows_count_the_same_work_as_ours(ours, ref
                                 "64", "--steps", "1", "--warmup", "0", "--threads", "1", "--count-flops"])
         flops[config] = tool.run_worker(args)["flop_per_step"]
     assert flops[ours] == pytest.approx(flops[reference], rel=0.01)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_pretrain_benchmark_does_not_run_bf16_where_it_is_emulated(monkeypatch, capsys, native):
+    """On a CPU without native bf16 (adpe.env.native_bf16, --amp's rule) the bf16 row reads EMULATED: no worker
+    runs it, no bf16 peak is measured, and the run still succeeds."""
+    tool = load_tool("benchmark_pretrain")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    launched, peaks_for = [], []
+
+    def fake_worker(script, options, args, identity):
+        launched.append(identity["dtype"])
+        return {**identity, "seconds_per_step": 2.0, "step_times_s": [2.0], "final_loss": 1.0, "peak_rss_gib": 0.1,
+                "peak_cuda_gib": None, "parameters": 1, "threads": 1, "flop_per_step": 1e9}
+
+    def fake_peaks(device, name, dtypes):
+        peaks_for.extend(dtypes)
+        return {dtype: {"matmul": 1.0} for dtype in dtypes}
+
+    monkeypatch.setattr(bench, "launch_worker", fake_worker)
+    monkeypatch.setattr(bench, "hardware_peaks", fake_peaks)
+    args = tool.parse_args(["--variants", "mae_plus_ape", "--size", "tiny", "--device", "cpu"])
+    assert tool.run_all(args) == 0
+    expected = ["fp32", "bf16"] if native else ["fp32"]
+    assert launched == expected and peaks_for == expected
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mae_plus_ape  bf16"))
+    assert ("EMULATED" in row) is not native and ("bf16 is emulated" in row) is not native

@@ -11,7 +11,9 @@ What it measures
     steps with ``time.perf_counter`` and reports the median seconds per step. FLOP per step is counted once
     per variant with ``torch.utils.flop_counter.FlopCounterMode`` over an fp32 forward + backward (matmuls,
     convolutions and attention; the optimiser's element-wise work is not counted); GFLOP/s = that count
-    divided by the step time, for either dtype.
+    divided by the step time, for either dtype. Where the device only emulates bf16 (``adpe.env.native_bf16``:
+    e.g. an x86 CPU without AVX-512, where a bf16 step takes about 100x the fp32 one), the bf16 rows are not run
+    and read EMULATED: ``--amp`` trains in fp32 there.
 
     variant             model kwargs                                           baseline
     mae_plus_ape        {}                                                     -
@@ -156,7 +158,10 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- driver
 def launch(args: argparse.Namespace, variant: str, dtype: str, count: bool) -> dict[str, Any]:
-    """Run one (variant, dtype) pair in a worker subprocess; ``count``: also count its FLOP."""
+    """Run one (variant, dtype) pair in a worker subprocess; ``count``: also count its FLOP. A bf16 pair on a device
+    that emulates bf16 is not run (``bench.emulated_bf16``): its row says so."""
+    if bench.emulated_bf16(dtype, args.device):
+        return bench.skipped_emulated({"variant": variant, "dtype": dtype})
     options = ["--variant", variant, "--dtype", dtype,
                *bench.forwarded_options(args, ("size", "images", "crops", "img_size", *bench.RUN_OPTIONS))]
     options += ["--count-flops"] if count else []
@@ -193,8 +198,9 @@ def print_table(results: list[dict[str, Any]], device: str) -> None:
               "ratio to baseline (same dtype)"]
     rows = []
     for r in results:
-        if "error" in r:
-            rows.append([r["variant"], r["dtype"], "FAILED", "", "", "", "", "", "", r["error"][:100]])
+        if not bench.timed(r):
+            status, why = ("FAILED", r["error"]) if "error" in r else ("EMULATED", r["skipped"])
+            rows.append([r["variant"], r["dtype"], status, "", "", "", "", "", "", why[:100]])
             continue
         mem = r["peak_cuda_gib"] if device == "cuda" else r["peak_rss_gib"]
         ratios = ", ".join(f"{v:.3f} vs {k}" for k, v in r["ratio_to_baseline"].items())
@@ -212,7 +218,7 @@ def check_targets(results: list[dict[str, Any]], args: argparse.Namespace) -> li
     checks: list[dict[str, Any]] = []
     is_reference = bench.matches_reference(args, REFERENCE_CONFIG)
     for r in results:
-        if "error" in r:
+        if not bench.timed(r):
             continue
         variant, dtype = r["variant"], r["dtype"]
         if is_reference and dtype == "fp32" and variant in REFERENCE_FP32_S:
@@ -260,7 +266,8 @@ def run_all(args: argparse.Namespace) -> int:
     import torch
 
     device_name = bench.device_description(args.device)
-    peaks = bench.hardware_peaks(args.device, device_name, args.dtypes)
+    timed_dtypes = [dtype for dtype in args.dtypes if not bench.emulated_bf16(dtype, args.device)]
+    peaks = bench.hardware_peaks(args.device, device_name, timed_dtypes)
     fill_derived(results, args.images, peaks)
     print(f"\nViT-{args.size}, {args.images} images x {args.crops} crops x {args.img_size}^2 "
           f"(batch {args.images * args.crops}), device {args.device} ({device_name}), "

@@ -2,7 +2,8 @@
 
 * ``AutocastOptimWrapper``: mixed precision by autocast alone. mmengine's AmpOptimWrapper asserts a GPU; bf16
   needs no loss scaler, so on CPU (and for bf16 on GPU) autocast is all AMP has to do.
-* ``AutoAmpOptimWrapper``: the mixed precision that suits the machine (what ``--amp`` and the configs ask for).
+* ``AutoAmpOptimWrapper``: the mixed precision that suits the machine (what ``--amp`` and the configs ask for),
+  or fp32 on CPUs that would only emulate bf16.
 * ``EffectiveBatchHook``: gradient accumulation that keeps a config's ``effective_batch`` on any GPU count.
 * ``build_grouped_optim_wrapper`` / ``bare_model``: what our optimiser constructors and hooks share.
 * ``AtomicLocalBackend``: local files (checkpoints, ``last_checkpoint``) are written to a temporary file and
@@ -20,6 +21,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import pickle
 import random
 from collections.abc import Callable
@@ -38,6 +40,7 @@ from mmengine.runner import IterBasedTrainLoop
 from torch import nn
 
 from adpe.checkpoint import TRAINING_CHECKPOINT_GLOBALS, atomic_write
+from adpe.env import native_bf16
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -56,6 +59,11 @@ class AutocastOptimWrapper(OptimWrapper):
             raise ValueError(f"autocast dtype must be 'bfloat16' or 'float16', got {dtype!r}")
         self.cast_dtype = getattr(torch, dtype)
         self.device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "bfloat16" and not native_bf16(self.device_type):
+            # Asked for explicitly (--amp picks fp32 here): honoured, since numerics may be the point.
+            print_log(f"bf16 autocast on a {self.device_type} without native bf16: it is emulated, and training is "
+                      "far slower than in fp32 (drop optim_wrapper.dtype='bfloat16' to let --amp choose)",
+                      logger="current", level=logging.WARNING)
 
     @contextmanager
     def optim_context(self, model):
@@ -65,14 +73,25 @@ class AutocastOptimWrapper(OptimWrapper):
 
 @OPTIM_WRAPPERS.register_module()
 def AutoAmpOptimWrapper(*, dtype: str | None = None, loss_scale="dynamic", **kwargs) -> OptimWrapper:  # noqa: N802
-    """Mixed precision that suits the machine: bf16 autocast without a loss scaler on CPUs and on GPUs with
-    bf16 (Ampere and newer), fp16 with mmengine's AmpOptimWrapper and its dynamic loss scale on older GPUs.
+    """Mixed precision where the machine computes it natively, else fp32 (what ``--amp`` builds).
 
-    dtype: None (that choice), 'bfloat16' or 'float16' (GPU only); loss_scale: fp16's, as AmpOptimWrapper.
+    dtype None picks by ``adpe.env.native_bf16``: bf16 autocast without a loss scaler on GPUs with bf16 (Ampere
+    and newer) and on CPUs with native bf16 (AVX-512, Arm BF16); fp16 with mmengine's AmpOptimWrapper and its
+    dynamic loss scale on older GPUs; on other CPUs (e.g. AVX2 only), which emulate bf16 far slower than fp32, a
+    plain OptimWrapper (fp32), said in one log line. 'bfloat16' or 'float16' (GPU only) is the user's own choice
+    and is honoured, also where bf16 is emulated (``AutocastOptimWrapper`` then warns): that is how to check bf16
+    numerics on such a machine. loss_scale: fp16's, as AmpOptimWrapper.
     """
     cuda = torch.cuda.is_available()
     if dtype is None:
-        dtype = "bfloat16" if not cuda or torch.cuda.is_bf16_supported() else "float16"
+        if cuda:
+            dtype = "bfloat16" if native_bf16("cuda") else "float16"
+        elif native_bf16("cpu"):
+            dtype = "bfloat16"
+        else:
+            print_log("AutoAmpOptimWrapper (--amp): this CPU has no native bf16 and would emulate it, far slower than "
+                      "fp32: training in fp32 (optim_wrapper.dtype='bfloat16' forces bf16)", logger="current")
+            return OptimWrapper(**kwargs)
     if dtype == "float16":
         if not cuda:
             raise ValueError("fp16 mixed precision needs a GPU: use optim_wrapper.dtype='bfloat16' (or None) on CPU")

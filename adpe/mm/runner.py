@@ -2,12 +2,16 @@
 
 What a run computes lives in the config itself (accumulation in ``EffectiveBatchHook``, mixed precision in
 ``AutoAmpOptimWrapper``, 'auto' backbone settings in ``AdPEViT``), so ``Runner.from_cfg(Config.fromfile(path))``
-in a user's script, mmseg's or mmdet's ``tools/train.py`` and our launchers all run the same thing.
+in a user's script, mmseg's or mmdet's ``tools/train.py`` and our launchers all run the same thing. The one
+exception is the machine: without a GPU, several processes need gloo and a process group that mmengine 0.10.7
+cannot create there (``use_cpu_processes``).
 """
 
 from __future__ import annotations
 
 import datetime
+import difflib
+import inspect
 import json
 import os
 import os.path as osp
@@ -17,6 +21,9 @@ from collections.abc import Iterable
 import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.dist import is_main_process
+from mmengine.registry import MODEL_WRAPPERS
+from mmengine.runner import Runner
+from torch.nn.parallel import DistributedDataParallel
 
 from adpe.mm.engine import AtomicLocalBackend
 from adpe.report.records import TEST_RESULTS
@@ -24,6 +31,12 @@ from adpe.report.records import TEST_RESULTS
 # --vis NAME -> mmengine's backend, written beside LocalVisBackend (its vis_data/scalars.json is what
 # adpe.report reads, so it always stays).
 VIS_BACKENDS = {"tensorboard": "TensorboardVisBackend", "wandb": "WandbVisBackend"}
+# Top-level keys that mean something although a config lacks them: the Runner's arguments, what it reads from its
+# config besides (model wrapping, compile, ...), and what the suite's own hooks read.
+RUNNER_KEYS = frozenset(inspect.signature(Runner.__init__).parameters) - {"self", "cfg"} | {
+    "model_wrapper_cfg", "sync_bn", "find_unused_parameters", "compile", "activation_checkpointing",
+    "efficient_conv_bn_eval", "runner_type", "custom_imports", "effective_batch",
+}
 
 
 def build_config(
@@ -43,8 +56,12 @@ def build_config(
     amp: mixed precision suited to the machine (``AutoAmpOptimWrapper``); vis: extra logging backends
     ('tensorboard', 'wandb'; see ``add_vis_backends``); auto_scale_lr: mmdet's linear lr scaling instead of the
     effective batch (see ``use_auto_scale_lr``).
+
+    A ``cfg_options`` key whose top level is unknown is refused (``check_top_level_keys``). On a machine without
+    a GPU, ``use_cpu_processes`` sets up gloo, and for torchrun its process group.
     """
     cfg = Config.fromfile(config)
+    check_top_level_keys(cfg, cfg_options or {}, config)
     cfg.launcher = launcher
     cfg.merge_from_dict(cfg_options or {})
     cfg.work_dir = work_dir or cfg.get("work_dir") or osp.join("work_dirs", osp.splitext(osp.basename(config))[0])
@@ -57,9 +74,58 @@ def build_config(
     if auto_scale_lr:
         use_auto_scale_lr(cfg, config)
     add_vis_backends(cfg, vis)
-    if not torch.cuda.is_available():  # NCCL needs GPUs; CPU process groups (torchrun on CPU) use gloo
-        cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "gloo"
+    if not torch.cuda.is_available():
+        use_cpu_processes(cfg)
     return cfg
+
+
+def check_top_level_keys(cfg: Config, cfg_options: dict, config: str) -> None:
+    """Refuse ``cfg_options`` whose top-level key is neither in ``cfg`` nor in ``RUNNER_KEYS``: mmengine would
+    merge it, and nothing would read it (``effective_bach=4096`` trained with the config's effective batch).
+    Unknown nested keys need no check here: the class they are passed to refuses them."""
+    known = set(cfg.keys()) | RUNNER_KEYS
+    unknown = sorted({key.split(".")[0] for key in cfg_options} - known)
+    if not unknown:
+        return
+    guesses = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        guesses.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    raise ValueError(
+        f"--cfg-options: unknown top-level key {', '.join(guesses)}: {config} does not have it and mmengine's Runner "
+        "does not take it, so it would be ignored. Check the spelling; a genuinely new key (read by your own code) "
+        f"belongs in a config file that inherits this one: _base_ = ['{config}'], then the key.")
+
+
+def use_cpu_processes(cfg: Config) -> None:
+    """What a run on a machine without a GPU needs from mmengine 0.10.7: the gloo backend (NCCL needs GPUs) and,
+    for several processes (torchrun on CPU), two work-arounds.
+
+    mmengine's ``init_dist`` sets a CUDA device before it creates the process group (and fails: no NVIDIA
+    driver), so for ``launcher='pytorch'`` the group is created here, from torchrun's environment, and the Runner
+    takes it as it finds it. The Runner gives DDP ``device_ids=[LOCAL_RANK]``, which DDP refuses for a CPU model,
+    so the config's DDP wrapper gets ``device_ids=None``. Slurm's launcher sets a CUDA device too: it is refused.
+    """
+    dist_cfg = cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})
+    dist_cfg["backend"] = "gloo"
+    if cfg.launcher == "none":
+        return
+    if cfg.launcher != "pytorch":
+        raise ValueError(f"--launcher {cfg.launcher} needs GPUs (mmengine sets a CUDA device); on a machine without "
+                         "one, start the processes with torchrun: tools/dist_train.sh CONFIG PROCESSES")
+    if not torch.distributed.is_initialized():
+        options = {k: v for k, v in dist_cfg.items() if k != "backend"}
+        if options.get("timeout") is not None:  # seconds in configs, as mmengine's init_dist takes them
+            options["timeout"] = datetime.timedelta(seconds=options["timeout"])
+        torch.distributed.init_process_group(backend="gloo", **options)
+    # mmengine's default wrapper when the config names none.
+    wrapper = cfg.get("model_wrapper_cfg") or ConfigDict(
+        type="MMDistributedDataParallel", broadcast_buffers=False,
+        find_unused_parameters=cfg.get("find_unused_parameters", False))
+    wrapper_type = MODEL_WRAPPERS.get(wrapper.get("type", "MMDistributedDataParallel"))
+    if isinstance(wrapper_type, type) and issubclass(wrapper_type, DistributedDataParallel):
+        wrapper["device_ids"] = None  # a value in the config wins over the Runner's default argument
+        cfg.model_wrapper_cfg = wrapper
 
 
 def add_vis_backends(cfg: Config, names: Iterable[str]) -> None:
