@@ -24,9 +24,9 @@ import io
 import logging
 import os
 import re
-import sys
 import tempfile
 import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,10 +42,19 @@ from adpe.rpe import LOOKUP_KINDS
 logger = logging.getLogger(__name__)
 
 
+def _umask_mode() -> int:
+    """The mode a plain ``open(path, 'w')`` gives a new file under the process's umask (0644 under umask 022)."""
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(data: bytes, path: str | os.PathLike[str]) -> None:
     """Write ``data`` to ``path`` all or nothing: a temporary file in the same folder, fsync, rename.
 
-    A crash or kill mid-write leaves the previous file (if any) intact and no temporary file behind.
+    A crash or kill mid-write leaves the previous file (if any) intact; the temporary file a kill leaves
+    (``.NAME.*.tmp``) is removed by ``remove_stale_temporaries``. The file gets the umask's mode, as any
+    other file would (mkstemp's 0600 would hide checkpoints from the rest of a group's shared work dir).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,11 +63,30 @@ def atomic_write(data: bytes, path: str | os.PathLike[str]) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), _umask_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a quota: say which file, not only errno's words
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, f"{err.strerror or err} while writing {path}; the previous file (if any) is "
+                      "intact. Free space there (or fix its permissions) and run again") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that ``atomic_write`` calls killed mid-write left in ``folder`` (not below).
+
+    Only safe while no other process writes there (the work dir lock of ``adpe.mm.hooks`` guarantees it for
+    training runs). Returns the removed files.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def _numpy_globals() -> list:
@@ -92,8 +120,20 @@ class CheckpointSourceError(OSError):
 
 
 def _fetch_http(url: str, dst: Path) -> None:
-    # torch.hub writes to 'dst.<uuid>.partial' beside dst, renames it when complete and removes it on failure.
-    torch.hub.download_url_to_file(url, str(dst), progress=sys.stderr.isatty())
+    """Stream ``url`` into ``dst``, refusing a body shorter or longer than the server's Content-Length.
+
+    torch.hub's ``download_url_to_file`` does not compare the two, and http.client ends a cut transfer as a
+    quiet end of file, so a half-downloaded checkpoint would otherwise look complete.
+    """
+    request = urllib.request.Request(url, headers={"User-Agent": "adpe"})
+    received = 0
+    with urllib.request.urlopen(request, timeout=60) as response, open(dst, "wb") as f:
+        expected = response.headers.get("Content-Length")
+        while chunk := response.read(1 << 20):
+            f.write(chunk)
+            received += len(chunk)
+    if expected is not None and received != int(expected):
+        raise CheckpointSourceError(f"the transfer was cut: received {received} of {int(expected)} bytes")
 
 
 # URL scheme -> fetch(url, dst), which writes the object at ``url`` to the local file ``dst``, all or nothing.
@@ -126,7 +166,33 @@ def cached_checkpoint_path(url: str) -> Path:
     return checkpoint_cache_dir() / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
 
 
+# torch.hub's convention for a hash in a file name ('name-<sha256 prefix>.pth', as mmengine's publish_model
+# writes them), and pip's for one in the URL ('...pth#sha256=<hex>'); 8 hex digits at least, so that an
+# ordinary name ('vit-b.pth') is never taken for a hash.
+HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^/]*$")
+HASH_IN_FRAGMENT = re.compile(r"sha256=([0-9a-f]{8,64})$")
+
+
+def expected_sha256_prefix(url: str) -> str | None:
+    """The sha256 (prefix) that ``url`` promises for its file: its '#sha256=HEX' fragment, else a '-HEX.' hash
+    in its file name, else None."""
+    parts = urllib.parse.urlsplit(url)
+    found = HASH_IN_FRAGMENT.search(parts.fragment) or HASH_IN_NAME.search(os.path.basename(parts.path))
+    return found[1] if found else None
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _fetch(url: str, scheme: str, dst: Path) -> None:
+    """Fetch ``url`` into the cache file ``dst``, all or nothing: it enters the cache (by rename) only once its
+    hash (if the URL names one) matches and it loads as a checkpoint, so a cut transfer, an error page or a
+    text file is never cached. Raises CheckpointSourceError naming the URL."""
     fetch = FETCHERS.get(scheme)
     if fetch is None:
         raise CheckpointSourceError(
@@ -135,14 +201,31 @@ def _fetch(url: str, scheme: str, dst: Path) -> None:
             "fetch), or download the file and pass its local path")
     dst.parent.mkdir(parents=True, exist_ok=True)
     logger.info("fetching checkpoint %s into %s", url, dst)
+    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    partial = Path(name)
     try:
-        fetch(url, dst)
-    except Exception as err:  # urllib's URLError / HTTPError, a backend's own errors: one message naming the URL
-        raise CheckpointSourceError(
-            f"could not fetch checkpoint {url}: {err}\nCheck the URL, the network (or the storage backend's "
-            "credentials), or download the file yourself and pass its local path") from err
-    if not dst.is_file():
-        raise CheckpointSourceError(f"the {scheme}:// fetcher wrote nothing for {url}")
+        try:
+            fetch(url.split("#", 1)[0], partial)
+        except Exception as err:  # urllib's URLError / HTTPError, a backend's own errors: one message naming the URL
+            raise CheckpointSourceError(
+                f"could not fetch checkpoint {url}: {err}\nCheck the URL, the network (or the storage backend's "
+                "credentials), or download the file yourself and pass its local path") from err
+        if not partial.is_file() or partial.stat().st_size == 0:
+            raise CheckpointSourceError(f"the {scheme}:// fetcher wrote nothing for {url}")
+        expected = expected_sha256_prefix(url)
+        if expected is not None and not _sha256_of(partial).startswith(expected):
+            raise CheckpointSourceError(
+                f"{url}: the downloaded file's sha256 is {_sha256_of(partial)}, but the URL names {expected}. The "
+                "file changed on the server or the transfer was corrupted; nothing was cached")
+        try:
+            _read_local(partial, url, map_location="cpu", suffix=dst.suffix, mmap=True)
+        except ValueError as err:
+            raise CheckpointSourceError(f"{url} is not a loadable checkpoint, so it was not cached: {err}") from err
+        os.chmod(partial, _umask_mode())
+        os.replace(partial, dst)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _is_local_leader() -> bool:
@@ -159,7 +242,8 @@ def fetch_checkpoint(source: str | os.PathLike) -> Path:
     fetches (so nodes without a shared disk each get a copy), the others wait, then read the cached file.
     Without a process group each process fetches for itself; the atomic rename makes that safe. Raises
     FileNotFoundError for a missing local file, CheckpointSourceError naming the URL when a URL cannot be
-    fetched; a failed fetch leaves no file in the cache.
+    fetched; only complete files that load as checkpoints (and match the URL's sha256, if it names one) enter
+    the cache.
     """
     scheme = url_scheme(source)
     if scheme is None:
@@ -184,35 +268,55 @@ def fetch_checkpoint(source: str | os.PathLike) -> Path:
     return cached
 
 
-def load_checkpoint_file(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint (a local path or a URL, see ``fetch_checkpoint``) with ``weights_only=True`` and the
-    training-checkpoint allow-list; a ``.safetensors`` file gives its flat {name: tensor} state dict.
-
-    Raises FileNotFoundError naming the path, CheckpointSourceError naming a URL that cannot be fetched, and
-    a ValueError explaining what to do for a file that needs classes outside the allow-list (e.g. a checkpoint
-    pickled with custom objects). Training checkpoints of this suite load once ``adpe.mm`` is imported.
-    ``map_location``: torch.load's; a device for .safetensors.
-    """
-    local = fetch_checkpoint(path)
-    shown = local if url_scheme(path) is None else f"{os.fspath(path)} (cached as {local})"
-    if local.suffix == ".safetensors":
+def _read_local(local: Path, shown: str | os.PathLike, map_location="cpu", suffix: str | None = None,
+                mmap: bool = False) -> dict:
+    """Load the local file ``local`` (``shown`` in messages) with ``weights_only=True`` and the training-checkpoint
+    allow-list, or as safetensors by ``suffix`` (default: its own). ``mmap``: map the tensors instead of reading
+    them (a check that the file is whole and safe, without the memory of a load). Raises ValueError."""
+    if (suffix or local.suffix) == ".safetensors":
         try:
-            return safetensors.torch.load_file(local, device=str(torch.device(map_location)))
-        except safetensors.SafetensorError as err:
+            if mmap:
+                with safetensors.safe_open(local, framework="pt") as f:
+                    return {key: f.get_slice(key) for key in f.keys()}
+            device = map_location if isinstance(map_location, str | torch.device) else "cpu"  # not a callable
+            return safetensors.torch.load_file(local, device=str(torch.device(device)))
+        except (safetensors.SafetensorError, OSError) as err:
             raise ValueError(f"could not read {shown} as a safetensors file: {err}") from err
     try:
         # Only what is not allow-listed already: leaving the context removes its entries again.
         registered = torch.serialization.get_safe_globals()
         extra = [g for g in TRAINING_CHECKPOINT_GLOBALS if g not in registered]
         with torch.serialization.safe_globals(extra):
-            return torch.load(local, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError or RuntimeError here, by version
+            try:
+                return torch.load(local, map_location=map_location, weights_only=True, mmap=mmap)
+            except RuntimeError as err:
+                if not mmap or "mmap" not in str(err):
+                    raise
+                return torch.load(local, map_location=map_location, weights_only=True)  # legacy (non-zip) format
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError here, by version
+        reason = str(err) or f"{type(err).__name__} (an empty or truncated file)"
         raise ValueError(
-            f"could not load {shown} with weights_only=True: {err}\n"
-            "Only tensors, plain containers and the allow-listed classes in "
-            "adpe.checkpoint.TRAINING_CHECKPOINT_GLOBALS are accepted. Re-save the file as a plain "
-            "state dict (e.g. tools/convert_checkpoint.py) if it comes from elsewhere."
+            f"could not load {shown} with weights_only=True: {reason}\n"
+            "If the file is truncated or not a checkpoint, use another copy (a training run keeps the previous "
+            "checkpoints of its work dir). Only tensors, plain containers and the allow-listed classes in "
+            "adpe.checkpoint.TRAINING_CHECKPOINT_GLOBALS are accepted: a file pickled with other classes must be "
+            "re-saved as a plain state dict by whoever trusts it."
         ) from err
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint (a local path or a URL, see ``fetch_checkpoint``) with ``weights_only=True`` and the
+    training-checkpoint allow-list; a ``.safetensors`` file gives its flat {name: tensor} state dict.
+
+    Raises FileNotFoundError naming the path, CheckpointSourceError naming a URL that cannot be fetched, and
+    a ValueError naming the file and saying what to do when it is truncated, not a checkpoint, or needs classes
+    outside the allow-list (e.g. a checkpoint pickled with custom objects). Training checkpoints of this suite
+    load once ``adpe.mm`` is imported. ``map_location``: torch.load's; a device for .safetensors. ``mmap``: map
+    the tensors from the file instead of reading them into memory (torch.load's ``mmap``).
+    """
+    local = fetch_checkpoint(path)
+    shown = local if url_scheme(path) is None else f"{os.fspath(path)} (cached as {local})"
+    return _read_local(local, shown, map_location=map_location, mmap=mmap)
 
 
 # ---------------------------------------------------------------------------------------------------------

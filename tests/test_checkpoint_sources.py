@@ -328,3 +328,71 @@ def test_mmpretrain_mae_layout_gives_the_mae_layout_block_outputs(tmp_path, rand
         ours = block_outputs(build_adpevit(rel_pos="none", init_cfg=pretrained(tmp_path / "mae.pth")), x)
     for a, b in zip(theirs, ours, strict=True):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------- verified downloads
+class _CutHandler(http.server.BaseHTTPRequestHandler):
+    """Answers with the full Content-Length of ``server.body`` but sends only its first half, then closes."""
+
+    def do_GET(self):  # http.server's method name
+        body = self.server.body
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_cut_transfer_is_refused_and_never_cached(cache):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutHandler)
+    httpd.body = RELEASE.read_bytes()
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/cut/release.pth"
+        with pytest.raises(CheckpointSourceError, match=rf"{re.escape(url)}.*received {len(httpd.body) // 2} of "
+                                                        rf"{len(httpd.body)} bytes"):
+            load_checkpoint_file(url)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert files_in(cache) == [], "nothing of a cut transfer stays in the cache"
+
+
+def test_pages_and_text_from_a_url_are_refused_and_never_cached(server, cache, tmp_path):
+    (tmp_path / "served" / "index.pth").write_text("<html><body>Sign in to download</body></html>")
+    with pytest.raises(CheckpointSourceError, match="is not a loadable checkpoint, so it was not cached"):
+        load_checkpoint_file(server.url("index.pth"))
+    assert files_in(cache) == []
+
+
+def test_sha256_in_the_url_or_file_name_is_checked(server, cache, tmp_path):
+    import hashlib
+
+    digest = hashlib.sha256(RELEASE.read_bytes()).hexdigest()
+    named = tmp_path / "served" / f"adpe_rpe_tiny-{digest[:8]}.pth"  # torch.hub's / mmengine's publish_model names
+    named.write_bytes(RELEASE.read_bytes())
+    assert "model" in load_checkpoint_file(server.url(named.name))  # the hash in its name matches
+    wrong = tmp_path / "served" / "adpe_rpe_tiny-0123abcd.pth"
+    wrong.write_bytes(RELEASE.read_bytes())
+    with pytest.raises(CheckpointSourceError, match=rf"sha256 is {digest}, but the URL names 0123abcd"):
+        load_checkpoint_file(server.url(wrong.name))
+    with pytest.raises(CheckpointSourceError, match="but the URL names deadbeef"):
+        load_checkpoint_file(server.url(RELEASE.name) + "#sha256=deadbeef")
+    assert "model" in load_checkpoint_file(server.url(RELEASE.name) + f"#sha256={digest}")
+    assert len(files_in(cache)) == 2, "only the two verified downloads are cached"
+
+
+def test_cached_and_written_files_get_the_umask_mode(server, cache, tmp_path):
+    old = os.umask(0o022)
+    try:
+        load_checkpoint_file(server.url(RELEASE.name))
+        export_backbone(RELEASE, tmp_path / "backbone.pth")
+    finally:
+        os.umask(old)
+    assert [oct(p.stat().st_mode & 0o777) for p in cache.iterdir()] == ["0o644"]
+    assert oct((tmp_path / "backbone.pth").stat().st_mode & 0o777) == "0o644"

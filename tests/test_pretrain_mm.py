@@ -132,7 +132,9 @@ def test_device_decode_trains_from_encoded_images(image_folder, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of --amp")
-def test_bf16_autocast_wrapper_on_cpu(image_folder, tmp_path):
+def test_bf16_autocast_wrapper_on_cpu(image_folder, tmp_path, monkeypatch):
+    """On a CPU with native bf16 (faked here: tests/test_amp_mm.py covers the fp32 choice elsewhere)."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     cfg = tiny_cfg("pretrain/demo/mae_plus_vit_tiny_ape.py", image_folder, tmp_path, epochs=1, amp=True)
     assert cfg.optim_wrapper.type == "AutoAmpOptimWrapper"
     runner = Runner.from_cfg(cfg)
@@ -309,7 +311,7 @@ def test_auto_scale_lr_needs_a_base_batch_size():
 def test_non_finite_loss_stops_training_naming_iteration_terms_and_checkpoint(tmp_path):
     from types import SimpleNamespace
 
-    from adpe.mm.engine import NonFiniteLossHook
+    from adpe.mm.hooks import NonFiniteLossHook
 
     (tmp_path / "last_checkpoint").write_text(str(tmp_path / "epoch_3.pth"))
     runner = SimpleNamespace(iter=41, work_dir=str(tmp_path), optim_wrapper=SimpleNamespace())
@@ -329,7 +331,7 @@ def test_fp16_steps_skipped_in_a_row_stop_training(tmp_path):
     iterations without a step do not count."""
     from types import SimpleNamespace
 
-    from adpe.mm.engine import NonFiniteLossHook
+    from adpe.mm.hooks import NonFiniteLossHook
 
     scaler = SimpleNamespace(scale=2.0**16, is_enabled=lambda: True)
     scaler.get_scale = lambda: scaler.scale

@@ -15,7 +15,8 @@ from mmengine.runner import Runner
 
 import adpe.mm  # noqa: F401  (registers the suite's modules)
 from adpe.checkpoint import fetch_checkpoint
-from adpe.mm.inference import configure_test, use_trained_backbone
+from adpe.mm.engine import bare_model
+from adpe.mm.inference import check_checkpoint_fits, configure_test, use_trained_backbone
 from adpe.mm.runner import build_config, write_test_results
 
 
@@ -46,7 +47,12 @@ def main(argv=None) -> dict:
     use_trained_backbone(cfg, args.checkpoint)
     cfg.load_from, cfg.resume = args.checkpoint, False
     configure_test(cfg, show_dir=args.show_dir, tta=args.tta, out=args.out)
-    metrics = Runner.from_cfg(cfg).test()
+    runner = Runner.from_cfg(cfg)
+    try:
+        check_checkpoint_fits(bare_model(runner.model), args.checkpoint)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+    metrics = runner.test()
     return write_test_results(args.config, args.checkpoint, metrics, cfg.work_dir, tta=args.tta,
                               path=args.metrics_json)
 

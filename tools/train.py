@@ -8,12 +8,12 @@ Distributed:      tools/pretrain.sh / tools/dist_train.sh (torchrun, --launcher 
 from __future__ import annotations
 
 import argparse
-import os.path as osp
 
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 import adpe.mm  # noqa: F401  (registers the suite's modules)
+from adpe.mm.hooks import newest_checkpoint
 from adpe.mm.runner import VIS_BACKENDS, build_config, write_test_results
 
 
@@ -52,9 +52,7 @@ def main(argv=None) -> None:
     runner = Runner.from_cfg(cfg)
     runner.train()
     if args.test:  # in the same process: the start-up of a second one costs more than a small test set
-        with open(osp.join(cfg.work_dir, "last_checkpoint")) as pointer:  # mmengine's record of what it saved last
-            checkpoint = pointer.read().strip()
-        write_test_results(args.config, checkpoint, runner.test(), cfg.work_dir)
+        write_test_results(args.config, str(newest_checkpoint(cfg.work_dir)), runner.test(), cfg.work_dir)
 
 
 if __name__ == "__main__":

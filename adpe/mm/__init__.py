@@ -4,4 +4,14 @@ Everything is registered in mmengine's root registries, which mmseg's and mmdet'
 so configs with ``default_scope='mmseg'`` or ``default_scope='mmdet'`` find the same names.
 """
 
-from adpe.mm import classification, engine, fetch, inference, neck, pretrain, transfer  # noqa: F401  (registration)
+from adpe.mm import (  # noqa: F401  (registration)
+    classification,
+    engine,
+    fetch,
+    hooks,
+    inference,
+    neck,
+    patches,
+    pretrain,
+    transfer,
+)

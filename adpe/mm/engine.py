@@ -10,8 +10,6 @@
   renamed, so a run killed while saving never leaves a truncated checkpoint behind.
 * ``RandomStateHook``: random generators saved with each checkpoint, so a resumed run draws what an
   uninterrupted one would.
-* ``NonFiniteLossHook``: training stops at the first non-finite loss (or after fp16's loss scaler has skipped
-  ``max_skipped`` steps in a row), naming the iteration, the loss terms and the newest checkpoint.
 * mmengine 0.10.7 calls torch.load without ``weights_only``: on torch >= 2.6 resuming fails on the log
   history (``HistoryBuffer``, pickled with ``getattr(HistoryBuffer, 'min')`` and friends). We allow-list
   that class and a ``getattr`` restricted to exactly those attributes, plus adpe.checkpoint's release
@@ -221,56 +219,6 @@ torch.serialization.add_safe_globals([
     (_history_buffer_getattr, "builtins.getattr"),
     (_history_buffer_getattr, "__builtin__.getattr"),
 ])
-
-
-@HOOKS.register_module()
-class NonFiniteLossHook(Hook):
-    """Stops training at the first iteration whose loss (or any logged loss term) is NaN or infinite, and under
-    fp16 (mmengine's ``AmpOptimWrapper``) once the dynamic loss scaler has skipped ``max_skipped`` optimiser steps in
-    a row (overflowing gradients with a finite loss). The error names the iteration, every term and the newest
-    checkpoint, so the run can be resumed from it with a lower lr or bf16.
-
-    The terms are already copied to the host each iteration for logging (mmengine's ``RuntimeInfoHook``), so the
-    check adds no device synchronisation of its own beyond that.
-    """
-
-    priority = "BELOW_NORMAL"  # after RuntimeInfoHook has logged the terms
-
-    def __init__(self, max_skipped: int = 20):
-        self.max_skipped = max_skipped
-        self._skipped = 0
-        self._scale: float | None = None
-
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: dict | None = None) -> None:
-        terms = {k: float(v) for k, v in (outputs or {}).items() if "loss" in k}
-        bad = [k for k, v in terms.items() if not np.isfinite(v)]
-        if bad:
-            self._stop(runner, f"non-finite {', '.join(bad)}", terms)
-        wrapper = runner.optim_wrapper
-        scaler = getattr(wrapper, "loss_scaler", None)
-        if scaler is None or not scaler.is_enabled() or not wrapper.should_update():
-            return  # no fp16 scaler, or an accumulation iteration without an optimiser step
-        scale = float(scaler.get_scale())  # lowered exactly when the step was skipped
-        self._skipped = self._skipped + 1 if self._scale is not None and scale < self._scale else 0
-        self._scale = scale
-        if self._skipped >= self.max_skipped:
-            self._stop(runner, f"the fp16 loss scaler skipped {self._skipped} steps in a row (scale {scale:g})",
-                       terms)
-
-    @staticmethod
-    def _stop(runner, what: str, terms: dict[str, float]) -> None:
-        pointer = runner.work_dir and f"{runner.work_dir}/last_checkpoint"
-        try:
-            with open(pointer) as f:
-                newest = f.read().strip()
-        except (OSError, TypeError):
-            newest = None
-        losses = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
-        resume = (f"newest checkpoint: {newest} (resume with --resume {newest})" if newest
-                  else "no checkpoint written yet")
-        raise FloatingPointError(
-            f"training stopped at iteration {runner.iter + 1}: {what} ({losses}); {resume}. Lower the lr, or use "
-            "bf16 (--amp on bf16 GPUs) instead of fp16, before resuming.")
 
 
 @HOOKS.register_module()

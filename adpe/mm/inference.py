@@ -90,6 +90,35 @@ def dump_predictions(cfg: Config, out: str) -> None:
     cfg.test_evaluator = [*evaluators, dict(type="DumpDetResults", out_file_path=out)]
 
 
+def describe_checkpoint(ckpt: dict) -> str:
+    """What kind of file a checkpoint looks like, for an error message (pretraining, export, release, ...)."""
+    state = ckpt.get("state_dict") if isinstance(ckpt.get("state_dict"), dict) else ckpt.get("model") or ckpt
+    keys = [k for k in state if isinstance(k, str)]
+    meta = ckpt.get("meta") or {}
+    if "source" in meta and "position" in meta:
+        return ("an exported backbone (tools/convert_checkpoint.py output): fine-tune it first, or pass it as "
+                "model.backbone.init_cfg.checkpoint to train from it")
+    if any(k.startswith("mae.") for k in keys) or ("model" in ckpt and "args" in ckpt):
+        return ("a pretraining checkpoint: export its backbone (tools/convert_checkpoint.py) and fine-tune it, or "
+                "pass it as model.backbone.init_cfg.checkpoint")
+    return "a checkpoint of another model or config: check that CONFIG is the config this checkpoint was trained with"
+
+
+def check_checkpoint_fits(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:
+    """Raise ValueError when ``checkpoint`` leaves any of ``model``'s weights unset, naming them and saying what the
+    file looks like. mmengine loads test checkpoints non-strictly, with a warning only: a backbone export or a
+    pretraining file would otherwise be evaluated as a randomly initialised model."""
+    ckpt = load_checkpoint_file(checkpoint, mmap=True)
+    state = ckpt.get("state_dict") if isinstance(ckpt.get("state_dict"), dict) else ckpt
+    present = {key.removeprefix("module.") for key in state}
+    wanted = [key.removeprefix("module.") for key in model.state_dict()]  # a TTA model wraps the tested one
+    missing = [key for key in wanted if key not in present]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"{checkpoint} leaves {len(missing)} of the model's {len(wanted)} weights unset "
+                         f"({shown}): it looks like {describe_checkpoint(ckpt)}.")
+
+
 def _unflip_masks(masks: torch.Tensor, meta: dict) -> torch.Tensor:
     """Masks (N, H, W) of a flipped view, in the original image's orientation."""
     if not meta.get("flip"):

@@ -11,7 +11,8 @@ _base_ = [
 custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 # Records the backbone's resolved 'auto' settings in the saved config and checkpoints; EffectiveBatchHook keeps
 # 16 images per optimiser step on any GPU count by gradient accumulation (4 GPUs x 2 images: 2 steps).
-custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook')]
+custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook'),
+                dict(type='WorkDirLockHook')]
 effective_batch = 16
 # The alternative, mmdet's --auto-scale-lr: lr x (GPUs x batch_size) / 16, no accumulation (our launchers then
 # set effective_batch = None: one mechanism at a time).
@@ -69,7 +70,7 @@ tta_pipeline = [
         [dict(type='PackSegInputs')],
     ]),
 ]
-default_hooks = dict(checkpoint=dict(max_keep_ckpts=2, save_best='mIoU'))
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook', max_keep_ckpts=2, save_best='mIoU'))
 resume = True  # continue from the newest checkpoint in the work dir, if any
 # A fixed seed makes every variant of a comparison see the same head init and data order (--cfg-options
 # randomness.seed=N for another draw).

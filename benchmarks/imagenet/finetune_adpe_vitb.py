@@ -14,7 +14,8 @@ custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 # images per optimiser step on any GPU count by gradient accumulation (8 GPUs x 128 images: 1 step).
 # EMA of the weights (optional in the release's recipe): add dict(type='EMAHook', momentum=1e-4) (mmengine's
 # hook; decay 0.9999) to this list.
-custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook')]
+custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook'),
+                dict(type='WorkDirLockHook')]
 effective_batch = 1024
 # The alternative, --auto-scale-lr: lr x (GPUs x batch_size) / base_batch_size, no accumulation.
 auto_scale_lr = dict(enable=False, base_batch_size=1024)
@@ -68,7 +69,7 @@ param_scheduler = [
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=epochs, val_interval=1)
 val_cfg = dict()
 test_cfg = dict()
-default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=2, save_best='accuracy/top1'),
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook', interval=1, max_keep_ckpts=2, save_best='accuracy/top1'),
                      logger=dict(interval=100))
 resume = True  # continue from the newest checkpoint in the work dir, if any
 randomness = dict(seed=0, diff_rank_seed=True)

@@ -7,7 +7,8 @@
 #       --cfg-options model.backbone.init_cfg.checkpoint=PATH
 _base_ = ['mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py', 'mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
-custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook')]
+custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook'),
+                dict(type='WorkDirLockHook')]
 effective_batch = 16384  # 8 GPUs x 512 images x 4 accumulation steps
 auto_scale_lr = dict(enable=False, base_batch_size=16384)
 base_lr = 0.1
@@ -60,6 +61,6 @@ param_scheduler = [
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=epochs, val_interval=10)
 val_cfg = dict()
 test_cfg = dict()
-default_hooks = dict(checkpoint=dict(interval=10, max_keep_ckpts=2), logger=dict(interval=50))
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook', interval=10, max_keep_ckpts=2), logger=dict(interval=50))
 resume = True
 randomness = dict(seed=0, diff_rank_seed=True)

@@ -7,7 +7,8 @@ _base_ = ['mmdet::common/lsj-100e_coco-instance.py']
 custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 # Records the backbone's resolved 'auto' settings in the saved config and checkpoints; EffectiveBatchHook keeps
 # 64 images per optimiser step on any GPU count by gradient accumulation (4 GPUs x 8 images: 2 steps).
-custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook')]
+custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook'),
+                dict(type='WorkDirLockHook')]
 effective_batch = 64
 # The alternative, mmdet's --auto-scale-lr: lr x (GPUs x batch_size) / 64, no accumulation (our launchers then
 # set effective_batch = None: one mechanism at a time).
@@ -80,7 +81,7 @@ param_scheduler = [
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=interval)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    checkpoint=dict(by_epoch=False, interval=interval, max_keep_ckpts=2))
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=interval, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 resume = True  # continue from the newest checkpoint in the work dir, if any
 # A fixed seed makes every variant of a comparison see the same head init and data order (--cfg-options

@@ -1,0 +1,389 @@
+"""Hooks that keep a work dir's checkpoints trustworthy: what is saved, in which order, and by whom.
+
+* ``SafeCheckpointHook``: mmengine's ``CheckpointHook`` that never leaves fewer good checkpoints than before (it
+  writes the new one and points ``last_checkpoint`` at it before deleting the oldest), never saves non-finite
+  weights, statistics or optimiser state, resumes from the newest finite checkpoint of the work dir (also
+  after the work dir was moved), and applies a changed lr on resume.
+* ``NonFiniteLossHook``: training stops at the first non-finite loss (or after fp16's loss scaler has skipped
+  ``max_skipped`` steps in a row), naming the iteration, the loss terms and the newest checkpoint.
+* ``WorkDirLockHook``: one training run per work dir at a time (a lock file naming pid and host), and the
+  temporary files of saves killed half-way removed at the next start.
+"""
+
+from __future__ import annotations
+
+import atexit
+import difflib
+import inspect
+import json
+import math
+import os
+import os.path as osp
+import re
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.dist import broadcast_object_list, is_main_process
+from mmengine.fileio.backends import LocalBackend
+from mmengine.hooks import CheckpointHook, Hook
+from mmengine.logging import print_log
+from mmengine.registry import HOOKS
+from mmengine.runner import BaseLoop, Runner
+
+from adpe.checkpoint import atomic_write, load_checkpoint_file, remove_stale_temporaries, url_scheme
+from adpe.mm.engine import bare_model
+
+POINTER = "last_checkpoint"  # mmengine's record of the newest checkpoint, in the work dir
+
+
+def newest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint ``WORK_DIR/last_checkpoint`` names, or None without a pointer.
+
+    The pointer holds an absolute path (as mmengine writes it, and as scripts that ``cat`` it expect). If the
+    work dir holds a file of that name, that file is meant: the work dir was moved or copied since.
+    """
+    try:
+        named = Path(work_dir, POINTER).read_text().strip()
+    except OSError:
+        return None
+    if not named:
+        return None
+    own = Path(work_dir, Path(named).name)
+    return own if own.is_file() else Path(work_dir, named)  # an absolute name replaces work_dir in the join
+
+
+def non_finite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """The names of the floating-point tensors that hold a NaN or an infinity (one device sync for all)."""
+    named = [(name, t) for name, t in named if torch.is_floating_point(t) or torch.is_complex(t)]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
+    return [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+
+
+def _optimizer_tensors(optim_wrapper) -> Iterator[tuple[str, torch.Tensor]]:
+    """('optimizer.<group>.<state>', tensor) for every tensor of the optimiser state (one or several wrappers)."""
+    wrappers = getattr(optim_wrapper, "optim_wrappers", None) or {"": optim_wrapper}
+    for prefix, wrapper in wrappers.items():
+        optimizer = getattr(wrapper, "optimizer", None)
+        for index, state in enumerate(getattr(optimizer, "state", {}).values()):
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    yield f"optimizer{'.' + prefix if prefix else ''}.{index}.{key}", value
+
+
+def checkpoint_steps(folder: str | os.PathLike, filename_tmpl: str) -> list[tuple[int, Path]]:
+    """(step, path) of the checkpoints named by ``filename_tmpl`` (e.g. 'iter_{}.pth') in ``folder``, newest first."""
+    pattern = re.compile(re.escape(filename_tmpl).replace(r"\{\}", r"(\d+)") + "$")
+    found = [(int(m[1]), p) for p in Path(folder).glob("*") if (m := pattern.match(p.name)) and p.is_file()]
+    return sorted(found, reverse=True)
+
+
+@HOOKS.register_module()
+class SafeCheckpointHook(CheckpointHook):
+    """mmengine's ``CheckpointHook`` (same arguments) made safe against kills, full disks and diverged runs.
+
+    * Order of a save: check that every parameter, buffer and optimiser state is finite; write the checkpoint
+      (atomically: ``adpe.mm.engine.AtomicLocalBackend``); point ``last_checkpoint`` at it (atomically, by a
+      path, as mmengine's); only then delete the checkpoints beyond ``max_keep_ckpts`` (and older ones that a
+      kill during an earlier deletion left). mmengine
+      deletes first, so a kill or a full disk during a save with ``max_keep_ckpts=1`` left no checkpoint at all.
+    * A non-finite tensor stops training with a ``FloatingPointError`` naming the tensors and the last good
+      checkpoint, without saving: a finite loss can still come with NaN weights (an lr far too high) or infinite
+      BatchNorm statistics, and such a checkpoint would be what a resume picks.
+    * Auto-resume (``--resume`` without a file, ``resume=True`` in the config) takes the newest checkpoint that
+      exists and is finite: the pointer's, else the newest ``filename_tmpl`` file in the work dir, older ones
+      if it is non-finite (written before this hook existed). An explicit file that is non-finite is refused.
+    * Resuming with another ``optim_wrapper.optimizer.lr`` than the checkpoint's config scales the restored
+      lrs and lr schedules by the ratio, so that the new lr holds from the resumed step on and the schedule
+      continues (mmengine restores them from the checkpoint as they were).
+    * Unknown arguments fail when the hook is built, before training (mmengine passes them on to
+      ``Runner.save_checkpoint`` and fails at the first save, an epoch later).
+    """
+
+    def __init__(self, *args, **kwargs):
+        hook_args = set(inspect.signature(CheckpointHook.__init__).parameters)
+        save_args = set(inspect.signature(Runner.save_checkpoint).parameters) - {"self", "out_dir", "filename"}
+        unknown = sorted(set(kwargs) - hook_args - save_args)
+        if unknown:
+            known = sorted((hook_args | save_args) - {"self", "args", "kwargs"})
+            hints = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+            said = ", ".join(f"{name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                             for name, hint in hints.items())
+            raise TypeError(f"default_hooks.checkpoint: unknown argument(s) {said}; CheckpointHook takes {known}")
+        super().__init__(*args, **kwargs)
+
+    # ---------------------------------------------------------------------------------------------- resume
+    def before_run(self, runner) -> None:
+        if not isinstance(runner._train_loop, BaseLoop) or not runner._resume:  # only runner.train() resumes
+            return
+        if runner._load_from is None:
+            runner._load_from = self._newest_finite(runner)
+            runner._resume = runner._load_from is not None
+        elif url_scheme(str(runner._load_from)) is None:  # a URL is checked when it is fetched
+            bad = self._non_finite_in(runner._load_from)
+            if bad:
+                raise FloatingPointError(
+                    f"--resume {runner._load_from}: the checkpoint holds non-finite tensors ({_listed(bad)}). "
+                    "Resume from an earlier checkpoint of the work dir, or without a file to take the newest "
+                    "finite one.")
+
+    def _newest_finite(self, runner) -> str | None:
+        """The checkpoint auto-resume should take (see the class docstring), or None to start afresh."""
+        pointed = newest_checkpoint(runner.work_dir)
+        candidates = [p for _, p in checkpoint_steps(runner.work_dir, self.filename_tmpl)]
+        if pointed is not None and pointed.is_file():
+            candidates = [pointed] + [p for p in candidates if p.resolve() != pointed.resolve()]
+        elif pointed is not None:
+            print_log(f"{POINTER} names {pointed}, which does not exist (a save killed under mmengine's own hook?); "
+                      "looking for the newest checkpoint of the work dir instead", logger="current", level=30)
+        for path in candidates:
+            bad = self._non_finite_in(path)
+            if not bad:
+                print_log(f"auto-resuming from {path}", logger="current")
+                return str(path)
+            print_log(f"not resuming from {path}: it holds non-finite tensors ({_listed(bad)})", logger="current",
+                      level=30)
+        if pointed is not None or candidates:
+            print_log(f"no finite checkpoint in {runner.work_dir}: training starts afresh", logger="current", level=30)
+        return None
+
+    @staticmethod
+    def _non_finite_in(path: str | os.PathLike) -> list[str]:
+        """Non-finite weights and optimiser states of the checkpoint file (memory-mapped: no copy in memory)."""
+        ckpt = load_checkpoint_file(path, mmap=True)
+        state = ckpt.get("state_dict", {})
+        optimizer = ckpt.get("optimizer", {}).get("state", {})
+        return non_finite_tensors([*state.items(), *((f"optimizer.{i}.{k}", v) for i, s in optimizer.items()
+                                                     for k, v in s.items() if isinstance(v, torch.Tensor))])
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if runner._resume and "optimizer" in checkpoint:
+            scale_resumed_lr(runner, checkpoint)
+
+    # ---------------------------------------------------------------------------------------------- saving
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        bad = non_finite_tensors([*bare_model(runner.model).named_parameters(),
+                                  *bare_model(runner.model).named_buffers(),
+                                  *_optimizer_tensors(runner.optim_wrapper)])
+        if bad:
+            last = newest_checkpoint(runner.work_dir)
+            raise FloatingPointError(
+                f"training stopped before saving {'epoch' if self.by_epoch else 'iteration'} {step}: non-finite "
+                f"weights or statistics ({_listed(bad)}); nothing was saved. Last good checkpoint: "
+                f"{last if last else 'none yet'}. Lower the lr (resume with --cfg-options "
+                "optim_wrapper.optimizer.lr=... applies it from the resumed step on), or use bf16 instead of fp16.")
+        dropped = []
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+            kept = [*self.keep_ckpt_ids, step]  # a best checkpoint may save the same step twice: keep it once
+            dropped, kept = kept[: -self.max_keep_ckpts], kept[-self.max_keep_ckpts:]
+            self.keep_ckpt_ids = deque(kept, self.max_keep_ckpts)
+            runner.message_hub.update_info("keep_ckpt_ids", kept)
+
+        filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info("last_ckpt", self.last_ckpt)
+        runner.save_checkpoint(self.out_dir, filename, self.file_client_args, save_optimizer=self.save_optimizer,
+                               save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
+                               backend_args=self.backend_args, **self.args)
+        if not is_main_process():
+            return
+        atomic_write(str(self.last_ckpt).encode(), osp.join(runner.work_dir, POINTER))
+        if self.max_keep_ckpts > 0 and isinstance(self.file_backend, LocalBackend):
+            # Also older files that a kill during an earlier deletion left behind: no checkpoint lists them.
+            dropped += [old for old, _ in checkpoint_steps(self.out_dir, self.filename_tmpl)
+                        if old < step and old not in self.keep_ckpt_ids and old not in dropped]
+        for old in dropped:
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+            if self.file_backend.isfile(path):
+                self.file_backend.remove(path)
+            elif self.file_backend.isdir(path):  # checkpoints saved by deepspeed are folders
+                self.file_backend.rmtree(path)
+
+
+def _listed(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} tensor(s): {', '.join(names[:shown])}{more}"
+
+
+def configured_lr(cfg) -> float | None:
+    """``optim_wrapper.optimizer.lr`` of a config (a Config or its text), None if it has none."""
+    if isinstance(cfg, str):
+        try:
+            cfg = Config.fromstring(cfg, file_format=".py")
+        except Exception:  # a config text mmengine cannot read back (rare): then the lr is unknown
+            return None
+    lr = cfg.get("optim_wrapper", {}).get("optimizer", {}).get("lr")
+    return float(lr) if isinstance(lr, int | float) else None
+
+
+def scale_resumed_lr(runner, checkpoint: dict) -> None:
+    """If the run's configured lr differs from the one the checkpoint's run was configured with, scale the lrs of
+    the checkpoint's optimiser groups and lr schedulers by their ratio, in place, before mmengine restores them.
+
+    Warm-up factors, cosine shapes and step milestones are relative and carry over; an absolute ``eta_min``
+    stays as configured.
+    """
+    old, new = configured_lr(checkpoint.get("meta", {}).get("cfg", "")), configured_lr(runner.cfg)
+    if old is None or new is None or math.isclose(old, new, rel_tol=1e-12) or old == 0:
+        return
+    ratio = new / old
+    optimizer = checkpoint["optimizer"]
+    for state in optimizer.values() if "param_groups" not in optimizer else [optimizer]:
+        for group in state.get("param_groups", []) if isinstance(state, dict) else []:
+            for key in ("lr", "initial_lr"):
+                if key in group:
+                    group[key] *= ratio
+    schedulers = checkpoint.get("param_schedulers") or []
+    for scheduler in schedulers if isinstance(schedulers, list) else sum(schedulers.values(), []):
+        if scheduler.get("param_name") == "lr":
+            for key in ("base_values", "_last_value"):
+                if key in scheduler:
+                    scheduler[key] = [value * ratio for value in scheduler[key]]
+    print_log(f"resuming with optim_wrapper.optimizer.lr={new:g} instead of the checkpoint's {old:g}: the "
+              f"restored lrs and lr schedules are scaled by {ratio:g} from this step on", logger="current")
+
+
+@HOOKS.register_module()
+class WorkDirLockHook(Hook):
+    """One training run per work dir at a time: ``WORK_DIR/run.lock`` holds the pid, host, start time and command
+    of the run that owns it. A second start fails naming them; a lock whose pid is dead on this host is stale
+    and taken over. The owner removes the temporary files that saves killed half-way left in the work dir.
+
+    Two runs in one work dir would otherwise interleave their logs and ``scalars.json`` and overwrite each
+    other's checkpoints. Test runs (``runner.test()``) do not lock: they write only their own results.
+    """
+
+    priority = "VERY_HIGH"
+
+    def __init__(self):
+        self.lock: Path | None = None
+
+    def before_run(self, runner) -> None:
+        if not isinstance(runner._train_loop, BaseLoop):
+            return
+        error = [None]
+        if is_main_process():
+            try:
+                self.lock = acquire_lock(Path(runner.work_dir) / "run.lock")
+                atexit.register(release_lock, self.lock)
+                removed = remove_stale_temporaries(runner.work_dir)
+                if removed:
+                    print_log(f"removed {len(removed)} temporary file(s) of interrupted saves from {runner.work_dir}",
+                              logger="current")
+            except RuntimeError as err:
+                error = [str(err)]
+        broadcast_object_list(error)  # every rank stops, not only the one that found the lock
+        if error[0]:
+            raise RuntimeError(error[0])
+
+    def after_run(self, runner) -> None:
+        if self.lock is not None:
+            release_lock(self.lock)
+            self.lock = None
+
+
+def _alive_here(owner: dict) -> bool:
+    """Whether the lock's owner may still run: True unless it is a dead pid on this host."""
+    if owner.get("host") != socket.gethostname():
+        return True  # another node: we cannot tell, so the lock holds
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return True
+
+
+def acquire_lock(lock: Path) -> Path:
+    """Create ``lock`` naming this process, taking over a stale one; RuntimeError naming the owner if it is held."""
+    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)})
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text() or "{}")
+            except (OSError, ValueError):
+                owner = {}
+            if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+                return lock  # this process already holds it (train, then test in the same process)
+            if owner and _alive_here(owner):
+                raise RuntimeError(
+                    f"{lock.parent} is in use by another run: pid {owner.get('pid')} on {owner.get('host')}, "
+                    f"started {owner.get('started')} ({owner.get('command')}). Wait for it to finish, use another "
+                    f"--work-dir, or delete {lock} if that run is gone.") from None
+            print_log(f"taking over the stale lock {lock} of {owner or 'an unreadable record'}", logger="current")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(record)
+        return lock
+    raise RuntimeError(f"could not take the lock {lock}: another run took it at the same moment")
+
+
+def release_lock(lock: Path) -> None:
+    """Remove ``lock`` if this process holds it."""
+    try:
+        owner = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return
+    if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+        lock.unlink(missing_ok=True)
+
+
+@HOOKS.register_module()
+class NonFiniteLossHook(Hook):
+    """Stops training at the first iteration whose loss (or any logged loss term) is NaN or infinite, and under
+    fp16 (mmengine's ``AmpOptimWrapper``) once the dynamic loss scaler has skipped ``max_skipped`` optimiser steps in
+    a row (overflowing gradients with a finite loss). The error names the iteration, every term and the newest
+    checkpoint, so the run can be resumed from it with a lower lr or bf16.
+
+    The terms are already copied to the host each iteration for logging (mmengine's ``RuntimeInfoHook``), so the
+    check adds no device synchronisation of its own beyond that.
+    """
+
+    priority = "BELOW_NORMAL"  # after RuntimeInfoHook has logged the terms
+
+    def __init__(self, max_skipped: int = 20):
+        self.max_skipped = max_skipped
+        self._skipped = 0
+        self._scale: float | None = None
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: dict | None = None) -> None:
+        terms = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in (outputs or {}).items()
+                 if "loss" in k}
+        bad = [k for k, v in terms.items() if not np.isfinite(v)]
+        if bad:
+            self._stop(runner, f"non-finite {', '.join(bad)}", terms)
+        wrapper = runner.optim_wrapper
+        scaler = getattr(wrapper, "loss_scaler", None)
+        if scaler is None or not scaler.is_enabled() or not wrapper.should_update():
+            return  # no fp16 scaler, or an accumulation iteration without an optimiser step
+        scale = float(scaler.get_scale())  # lowered exactly when the step was skipped
+        self._skipped = self._skipped + 1 if self._scale is not None and scale < self._scale else 0
+        self._scale = scale
+        if self._skipped >= self.max_skipped:
+            self._stop(runner, f"the fp16 loss scaler skipped {self._skipped} steps in a row (scale {scale:g})",
+                       terms)
+
+    @staticmethod
+    def _stop(runner, what: str, terms: dict[str, float]) -> None:
+        newest = newest_checkpoint(runner.work_dir)
+        losses = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+        resume = (f"newest checkpoint: {newest} (resume with --resume {newest})" if newest
+                  else "no checkpoint written yet")
+        raise FloatingPointError(
+            f"training stopped at iteration {runner.iter + 1}: {what} ({losses}); {resume}. Lower the lr, or use "
+            "bf16 (--amp on bf16 GPUs) instead of fp16: --cfg-options optim_wrapper.optimizer.lr=... applies a new lr "
+            "from the resumed step on.")
