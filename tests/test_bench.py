@@ -87,3 +87,27 @@ def test_pretrain_benchmark_does_not_run_bf16_where_it_is_emulated(monkeypatch, 
     assert launched == expected and peaks_for == expected
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mae_plus_ape  bf16"))
     assert ("EMULATED" in row) is not native and ("bf16 is emulated" in row) is not native
+
+
+def test_backbone_benchmark_does_not_run_bf16_where_it_is_emulated(monkeypatch, capsys):
+    """The same rule in tools/benchmark_backbone.py: every bf16 row reads EMULATED, only fp32 runs."""
+    tool = load_tool("benchmark_backbone")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    launched, peaks_for = [], []
+
+    def fake_worker(script, options, args, identity):
+        launched.append((identity["config"], identity["dtype"]))
+        return {**identity, "seconds_per_step": 2.0, "step_times_s": [2.0], "peak_rss_gib": 0.1,
+                "peak_cuda_gib": None, "parameters": 1, "threads": 1, "flop_per_step": 1e9}
+
+    def fake_peaks(device, name, dtypes):
+        peaks_for.extend(dtypes)
+        return {dtype: {"matmul": 1.0} for dtype in dtypes}
+
+    monkeypatch.setattr(bench, "launch_worker", fake_worker)
+    monkeypatch.setattr(bench, "hardware_peaks", fake_peaks)
+    args = tool.parse_args(["--size", "tiny", "--device", "cpu", "--only", "seg"])
+    assert tool.run_all(args) == 0
+    assert launched and {dtype for _, dtype in launched} == {"fp32"} and peaks_for == ["fp32"]
+    rows = [line for line in capsys.readouterr().out.splitlines() if "  bf16  " in line]
+    assert rows and all("EMULATED" in row for row in rows)

@@ -231,6 +231,8 @@ def launch(args: argparse.Namespace, config: str, dtype: str, count: bool) -> di
     options += ["--count-flops"] if count else []
     options += ["--compile"] if args.compile else []
     identity = {"config": config, "section": CONFIGS[config].section, "dtype": dtype}
+    if bench.emulated_bf16(dtype, args.device):  # minutes per step at ViT-B on such a CPU: say so instead
+        return bench.skipped_emulated(identity)
     return bench.launch_worker(__file__, options, args, identity)
 
 
@@ -270,9 +272,10 @@ def print_table(results: list[dict[str, Any]], device: str, baseline: str) -> No
     rows = []
     for r in results:
         config = CONFIGS[r["config"]]
-        if "error" in r:
-            rows.append([r["config"], config.description, r["dtype"], "FAILED"] + [""] * (len(header) - 5)
-                        + [r["error"][:100]])
+        if not bench.timed(r):
+            status, why = ("FAILED", r["error"]) if "error" in r else ("EMULATED", r["skipped"])
+            rows.append([r["config"], config.description, r["dtype"], status] + [""] * (len(header) - 5)
+                        + [why[:100]])
             continue
         is_base = r["config"] == baseline
         row = [r["config"], config.description, r["dtype"], f"{r['seconds_per_step']:.3f}",
@@ -294,7 +297,7 @@ def check_targets(results: list[dict[str, Any]], device: str) -> list[dict[str, 
     limits = {ours: limit for ours, _, limit in REFERENCE_TARGETS}
     det_limits = dict(DET_TIME_TARGETS)
     for r in results:
-        if "error" in r or CONFIGS[r["config"]].timm:
+        if not bench.timed(r) or CONFIGS[r["config"]].timm:
             continue
         name, dtype = r["config"], r["dtype"]
         if r["section"] == "seg" and name != SEG_BASELINE and r.get("time_ratio") is not None:
@@ -323,7 +326,7 @@ def print_targets(results: list[dict[str, Any]], checks: list[dict[str, Any]], a
         return
     is_reference = bench.matches_reference(args, REFERENCE_CONFIG)
     measured = {r["dtype"]: r["seconds_per_step"] for r in results
-                if r["config"] == SEG_BASELINE and "error" not in r}
+                if r["config"] == SEG_BASELINE and bench.timed(r)}
     reference = ", ".join(f"{d} about {s:.0f} s" for d, s in REFERENCE_MMSEG_S.items())
     here = ", ".join(f"{d} {s:.2f} s" for d, s in measured.items()) or "not run"
     note = "" if is_reference else " (this run is not that configuration)"
@@ -349,7 +352,8 @@ def run_all(args: argparse.Namespace) -> int:
                 results.append(bench.run_logged(f"{section} {name} {dtype}",
                                                 partial(launch, args, name, dtype, n == 0)))
     device_name = bench.device_description(args.device)
-    peaks = bench.hardware_peaks(args.device, device_name, args.dtypes)
+    peaks = bench.hardware_peaks(args.device, device_name,
+                                 [dtype for dtype in args.dtypes if not bench.emulated_bf16(dtype, args.device)])
     fill_derived(results, peaks)
 
     print(f"\nViT-{args.size}, batch {args.batch}{' (torch.compile)' if args.compile else ''}, forward + backward "
