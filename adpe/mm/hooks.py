@@ -65,7 +65,7 @@ def non_finite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     The largest magnitude per tensor: NaN and infinities propagate into it, finite values cannot overflow it, and
     it reads each tensor once without the bool copy that ``isfinite(t).all()`` makes (several times faster on CPU).
     """
-    named = [(name, t) for name, t in named if torch.is_floating_point(t)]
+    named = [(name, t) for name, t in named if torch.is_floating_point(t) and t.numel()]
     if not named:
         return []
     largest = [torch.linalg.vector_norm(t.detach(), float("inf")) for _, t in named]
