@@ -184,7 +184,7 @@ def test_cascade_heads_train_a_few_steps_at_tiny_size(tmp_path):
         cfg.model[part] = cascade[part]
     cfg.model.neck.in_channels = 192
     log = train_on_one_batch(cfg, tmp_path, images=2, steps=3)[-1]
-    assert {f"s{i}.loss_cls" for i in range(3)} | {f"s{i}.loss_mask" for i in range(3)} <= set(log)
+    assert {f"s{i}.loss_cls" for i in range(3)} | {"loss_mask"} <= set(log)  # one mask head (tests/test_cascade_mm.py)
     assert all(math.isfinite(v) for v in log.values())
 
 

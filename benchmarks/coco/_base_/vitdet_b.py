@@ -40,7 +40,9 @@ vitdet_box_head = dict(type='Shared4Conv1FCBBoxHead', conv_out_channels=256, nor
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='Pad', size=image_size, pad_val=dict(img=(114, 114, 114))),
+    # detectron2 pads the normalised image with 0, i.e. with the mean pixel: here in the loaded BGR order, which
+    # uint8 rounds to (104, 116, 124), within 0.009 std of 0 (docs/method.md, Recipe decisions)
+    dict(type='Pad', size=image_size, pad_val=dict(img=(103.53, 116.28, 123.675))),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
@@ -58,7 +60,7 @@ tta_pipeline = [
     dict(type='TestTimeAug', transforms=[
         [dict(type='Resize', scale=image_size, keep_ratio=True)],
         [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)],
-        [dict(type='Pad', size=image_size, pad_val=dict(img=(114, 114, 114)))],
+        [dict(type='Pad', size=image_size, pad_val=dict(img=(103.53, 116.28, 123.675)))],  # the mean, as above
         [dict(type='LoadAnnotations', with_bbox=True, with_mask=True)],
         [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
                                                'flip', 'flip_direction'))],
