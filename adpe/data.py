@@ -9,12 +9,18 @@
   the file's bytes and a crop seed (:class:`EncodedImage`), and :func:`decode_multicrop` decodes a batch with
   ``torchvision.io`` (nvJPEG on a GPU), then crops, resizes (bicubic, antialiased), flips and normalises it
   there. Its crop parameters come from :meth:`MultiCropTransform.sample_params`, the CPU path's own sampler.
+* 16-bit images (e.g. 16-bit grey PNGs) are scaled to 8 bits on both paths (:func:`scale_to_uint8`), not
+  saturated.
+
+Skipped files are logged on the ``adpe.data`` logger (stdlib ``logging``); ``adpe.mm`` forwards it to the run's
+log file.
 
 Pure torch / torchvision / PIL: no OpenMMLab imports here.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -47,6 +54,8 @@ __all__ = [
     "decode_multicrop",
     "find_images",
     "multicrop_collate",
+    "scale_to_uint8",
+    "to_rgb",
 ]
 
 logger = logging.getLogger("adpe.data")
@@ -60,11 +69,46 @@ _EXPECTED_LAYOUT = (
     + " (case-insensitive)"
 )
 
-# Errors PIL raises for unreadable, corrupt or truncated files (UnidentifiedImageError is an OSError).
-_LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
+# Errors PIL raises for unreadable, corrupt or truncated files (UnidentifiedImageError is an OSError), and for
+# images above PIL's pixel limit (DecompressionBombError, a plain Exception: 2 x Image.MAX_IMAGE_PIXELS, about
+# 179 megapixels). Those are skipped like unreadable files rather than decoded: photo datasets hold no such
+# images, decoding one takes over 0.5 GB (RGB) in a loader worker for a 112-pixel crop, and the limit guards
+# against crafted files (a 24 KB PNG can claim 196 megapixels). PIL's draft mode would decode JPEGs at 1/8 scale
+# cheaply, but not PNGs, and Image.open raises before it could be set; a researcher who wants such a file
+# downscales it once (the log line says so).
+_LOAD_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+# PIL modes of 16-bit single-channel images: 'I;16*' for 16-bit PNG and TIFF, 'I' (32-bit) for 16-bit PNGs in
+# older Pillow and after Image.convert('I'). convert('RGB') clips them at 255 (a white image); they are scaled
+# instead. 16-bit RGB(A) PNGs PIL itself opens as 8-bit 'RGB' / 'RGBA' (their high bytes).
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 # Stride between replacement candidates: a prime, so it visits every index when it is coprime with len.
 _REPLACEMENT_STRIDE = 7919
+
+
+def scale_to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """16-bit values (any integer dtype, any shape) to uint8 of the same shape: ``round(v * 255 / 65535)``, so
+    0 -> 0 and 65535 -> 255; values outside 0..65535 (32-bit 'I' images) are clipped first."""
+    wide = image.to(torch.int32).clamp_(0, 65535)  # uint16 itself supports few ops (no multiply, no promotion)
+    return torch.div(wide * 255 + 32767, 65535, rounding_mode="floor").to(torch.uint8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """A PIL image as 8-bit RGB: 16-bit grey scaled by :func:`scale_to_uint8`, every other mode by PIL."""
+    if img.mode in _WIDE_GREY_MODES:
+        grey = torch.from_numpy(np.asarray(img).astype(np.int32))  # astype: also native byte order ('I;16B')
+        return Image.fromarray(scale_to_uint8(grey).numpy()).convert("RGB")
+    return img.convert("RGB")
+
+
+def _skip_reason(exc: BaseException) -> str:
+    """Why a file is skipped, with what to do where there is something to do."""
+    reason = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, Image.DecompressionBombError):
+        reason += f" Downscale it below {2 * Image.MAX_IMAGE_PIXELS} pixels to train on it"
+    return reason
 
 
 def find_images(root: str | os.PathLike[str]) -> list[Path]:
@@ -103,8 +147,9 @@ class ImageFolderDataset(Dataset):
     ``dataset[i]`` returns ``transform(image)`` (for :class:`MultiCropTransform`: a list of ``num_crops``
     tensors of shape ``(3, size, size)``), or the RGB ``PIL.Image`` itself when ``transform`` is None. With
     ``encoded=True`` it reads the file's bytes instead, for decoding on the training device: an
-    :class:`EncodedImage` (the transform is then applied there, by :func:`decode_multicrop`). Empty files are
-    replaced like unreadable ones; a corrupt file is only found when decoded, and replaced there.
+    :class:`EncodedImage` (the transform is then applied there, by :func:`decode_multicrop`). Empty files, files
+    PIL cannot identify and images above PIL's pixel limit are replaced like unreadable ones (PIL reads their
+    header only); a corrupt image body is only found when decoded, and replaced there.
 
     An unreadable or truncated file is logged once (per path and per worker process) on the
     ``adpe.data`` logger and replaced by another image, chosen deterministically from the index
@@ -138,17 +183,21 @@ class ImageFolderDataset(Dataset):
 
     @staticmethod
     def load_image(path: Path) -> Image.Image:
-        """Open ``path`` and fully decode it as RGB; truncated or corrupt files raise."""
-        with Image.open(path) as img:
+        """Open ``path`` and fully decode it as 8-bit RGB (:func:`to_rgb`); truncated or corrupt files, and images
+        above PIL's pixel limit, raise."""
+        with Image.open(path) as img:  # raises DecompressionBombError from the header, before decoding
             img.load()  # decode now, so truncation raises here (LOAD_TRUNCATED_IMAGES is left unset)
-            return img.convert("RGB")
+            return to_rgb(img)
 
     @staticmethod
     def load_encoded(path: Path) -> EncodedImage:
-        """Read ``path``'s bytes, with a crop seed from this loader worker's seeded RNG; empty files raise."""
+        """Read ``path``'s bytes, with a crop seed from this loader worker's seeded RNG. Empty files, files PIL
+        cannot identify and images above PIL's pixel limit raise, as on the CPU path (PIL reads the header only:
+        torchvision's decoders have no pixel limit)."""
         data = path.read_bytes()
         if not data:
             raise OSError("empty file")
+        Image.open(io.BytesIO(data)).close()
         return EncodedImage(data, int(torch.randint(0, 2**62, (1,))), str(path))
 
     def _candidates(self, index: int) -> list[int]:
@@ -173,12 +222,8 @@ class ImageFolderDataset(Dataset):
             except _LOAD_ERRORS as exc:
                 self.bad_paths.add(path)
                 failed.append(path)
-                logger.warning(
-                    "Skipping unreadable image %s (%s: %s); using another image instead.",
-                    path,
-                    type(exc).__name__,
-                    exc,
-                )
+                logger.warning("Skipping unreadable image %s (%s); using another image instead.", path,
+                               _skip_reason(exc))
                 continue
             return img if self.transform is None or self.encoded else self.transform(img)
         raise RuntimeError(
@@ -274,7 +319,9 @@ def _as_tensor(data: bytes) -> torch.Tensor:
 
 def decode_images(batch: Sequence[EncodedImage], device: torch.device | str) -> list[torch.Tensor]:
     """Decode to RGB uint8 (3, H, W) on ``device``: JPEGs in one batched call there (nvJPEG on CUDA), other formats
-    on the CPU. A file that does not decode is logged and replaced by the batch's first good image."""
+    on the CPU (16-bit PNGs, which torchvision decodes to uint16, scaled to 8 bits there by
+    :func:`scale_to_uint8`, as the CPU path does). A file that does not decode is logged and replaced by the batch's
+    first good image."""
     device = torch.device(device)
     rgb = tv_io.ImageReadMode.RGB
     decoded: list[torch.Tensor | None] = [None] * len(batch)
@@ -289,7 +336,8 @@ def decode_images(batch: Sequence[EncodedImage], device: torch.device | str) -> 
         if decoded[i] is not None:
             continue
         try:
-            decoded[i] = tv_io.decode_image(_as_tensor(item.data), mode=rgb).to(device)
+            image = tv_io.decode_image(_as_tensor(item.data), mode=rgb)
+            decoded[i] = (scale_to_uint8(image) if image.dtype == torch.uint16 else image).to(device)
         except RuntimeError as exc:
             logger.warning("Skipping undecodable image %s (%s); using another image of the batch instead.",
                            item.path, exc)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import logging
 import math
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,9 +20,12 @@ from adpe.data import (
     EncodedImage,
     ImageFolderDataset,
     MultiCropTransform,
+    decode_images,
     decode_multicrop,
     find_images,
     multicrop_collate,
+    scale_to_uint8,
+    to_rgb,
 )
 
 
@@ -351,3 +357,126 @@ def test_encoded_images_cross_loader_worker_processes(tmp_path: Path) -> None:
     loader = DataLoader(ImageFolderDataset(tmp_path, encoded=True), batch_size=3, num_workers=2, collate_fn=list)
     batches = [decode_multicrop(batch, MultiCropTransform(num_crops=2, size=16), "cpu") for batch in loader]
     assert [tuple(b.shape) for b in batches] == [(6, 3, 16, 16)] * 2
+
+
+# --------------------------------------------------------------------------- images above PIL's pixel limit
+
+
+@pytest.fixture(scope="module")
+def bomb_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 14000 x 14000 PNG (24 KB on disk, 196 megapixels: over PIL's decompression-bomb limit) beside a good
+    image; sorted, the bomb comes first."""
+    folder = tmp_path_factory.mktemp("bomb")
+    Image.new("1", (14000, 14000)).save(folder / "a_bomb.png")
+    _smooth(40, 30).save(folder / "b_good.png")
+    return folder
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["cpu", "device"])
+def test_image_over_the_pixel_limit_is_skipped_and_named(bomb_folder: Path, encoded: bool,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """PIL raises DecompressionBombError (not an OSError) at open: the file is logged with what to do and
+    replaced, on the CPU path and on the device path (where torchvision would decode it without a limit)."""
+    dataset = ImageFolderDataset(bomb_folder, encoded=encoded)
+    with caplog.at_level(logging.WARNING, logger="adpe.data"):
+        item = dataset[0]
+    good = bomb_folder / "b_good.png"
+    assert (item.path == str(good)) if encoded else (item.tobytes() == _read_rgb(good).tobytes())
+    (record,) = _data_logs(caplog)
+    message = record.getMessage()
+    assert str(bomb_folder / "a_bomb.png") in message and "DecompressionBombError" in message
+    assert "Downscale it below" in message
+
+
+# --------------------------------------------------------------------------- 16-bit images
+
+
+def _wide_grey(width: int = 120, height: int = 90) -> np.ndarray:
+    """Smooth 16-bit content over the whole range 0..65535, low bits included: (H, W) uint16."""
+    y, x = np.mgrid[0:height, 0:width]
+    values = (np.sin(x / 13) * np.cos(y / 9) + 1) / 2 * 65535
+    return np.clip(np.round(values), 0, 65535).astype(np.uint16)
+
+
+def _eight_bit(wide: np.ndarray) -> np.ndarray:
+    """The 8-bit reference of 16-bit values: round(v * 255 / 65535)."""
+    return np.round(wide.astype(np.float64) * 255 / 65535).astype(np.uint8)
+
+
+def _write_png_rgb16(path: Path, rgb: np.ndarray) -> Path:
+    """A 16-bit RGB PNG (colour type 2, bit depth 16) of ``rgb`` (H, W, 3) uint16: PIL reads these but does not
+    write them."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = rgb.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)  # filter type 0 per row
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _sixteen_bit_pngs(folder: Path) -> tuple[Path, Path]:
+    """A 16-bit grey PNG written by PIL and its 8-bit reference (grey as RGB), each alone in a folder."""
+    wide = _wide_grey()
+    (folder / "wide").mkdir()
+    (folder / "ref").mkdir()
+    Image.fromarray(wide).save(folder / "wide" / "grey16.png")
+    Image.fromarray(np.repeat(_eight_bit(wide)[..., None], 3, axis=-1)).save(folder / "ref" / "grey8.png")
+    with Image.open(folder / "wide" / "grey16.png") as img:
+        assert img.mode in ("I;16", "I")  # PIL reads it back as 16-bit: the case under test
+    return folder / "wide" / "grey16.png", folder / "ref" / "grey8.png"
+
+
+ONE_LEVEL = 1 / 255 / min(IMAGENET_DEFAULT_STD) + 1e-5  # one grey level, normalised
+
+
+def test_16_bit_grey_png_is_scaled_to_8_bits_on_the_cpu_path(tmp_path: Path) -> None:
+    """convert('RGB') clipped 16-bit grey at 255 (a white image); it is scaled 65535 -> 255 instead, so the image
+    and its crops match the 8-bit reference within one grey level."""
+    wide, ref = _sixteen_bit_pngs(tmp_path)
+    image = np.asarray(ImageFolderDataset(wide.parent)[0])
+    assert image.shape == (90, 120, 3)
+    assert np.abs(image.astype(int) - np.asarray(_read_rgb(ref)).astype(int)).max() <= 1
+    transform = MultiCropTransform(num_crops=3, size=32)
+    torch.manual_seed(0)
+    crops = ImageFolderDataset(wide.parent, transform=transform)[0]
+    torch.manual_seed(0)
+    reference = ImageFolderDataset(ref.parent, transform=transform)[0]
+    for ours, theirs in zip(crops, reference, strict=True):
+        assert (ours - theirs).abs().max() <= ONE_LEVEL
+
+
+def test_16_bit_grey_png_is_scaled_to_8_bits_on_the_device_path(tmp_path: Path) -> None:
+    """torchvision decodes 16-bit PNGs to uint16, which failed in the crops ("Promotion for uint16"); they are scaled
+    to uint8 as on the CPU path."""
+    wide, ref = _sixteen_bit_pngs(tmp_path)
+    item = ImageFolderDataset(wide.parent, encoded=True)[0]
+    (image,) = decode_images([item], "cpu")
+    assert image.dtype == torch.uint8 and image.shape == (3, 90, 120)
+    expected = torch.from_numpy(np.array(_read_rgb(ref))).permute(2, 0, 1)
+    assert (image.int() - expected.int()).abs().max() <= 1
+    transform = MultiCropTransform(num_crops=3, size=32)
+    reference = EncodedImage(ref.read_bytes(), item.seed, str(ref))
+    crops = decode_multicrop([item, reference], transform, "cpu")
+    assert (crops[:3] - crops[3:]).abs().max() <= ONE_LEVEL
+
+
+def test_16_bit_rgb_png_matches_its_8_bit_reference_on_both_paths(tmp_path: Path) -> None:
+    wide = np.stack([_wide_grey(), _wide_grey()[::-1], 65535 - _wide_grey()], axis=-1)
+    path = _write_png_rgb16(tmp_path / "rgb16.png", wide)
+    expected = _eight_bit(wide).astype(int)
+    cpu = np.asarray(ImageFolderDataset(tmp_path)[0]).astype(int)  # PIL opens it as 8-bit RGB (the high bytes)
+    assert np.abs(cpu - expected).max() <= 1
+    (device,) = decode_images([ImageFolderDataset(tmp_path, encoded=True)[0]], "cpu")
+    assert np.abs(device.permute(1, 2, 0).numpy().astype(int) - expected).max() <= 1
+    assert path.stat().st_size > 0
+
+
+def test_32_bit_grey_holding_16_bit_values_is_scaled_and_clipped() -> None:
+    """Mode 'I' (older Pillow's 16-bit PNG, Image.convert('I')): 16-bit values, clipped outside 0..65535."""
+    values = np.array([[0, 257, 32768, 65535, 70000, -5]], dtype=np.int32)
+    rgb = np.asarray(to_rgb(Image.fromarray(values)))
+    assert rgb[0, :, 0].tolist() == [0, 1, 128, 255, 255, 0]
+    assert scale_to_uint8(torch.tensor([0, 128, 129, 65535], dtype=torch.uint16)).tolist() == [0, 0, 1, 255]

@@ -6,6 +6,7 @@ so configs with ``default_scope='mmseg'`` or ``default_scope='mmdet'`` find the 
 
 from adpe.mm import (  # noqa: F401  (registration)
     classification,
+    datasets,
     detection,
     engine,
     fetch,

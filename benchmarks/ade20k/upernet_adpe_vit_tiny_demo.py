@@ -17,7 +17,7 @@ model = dict(
 )
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='CheckedLoadAnnotations', reduce_zero_label=True),
     dict(type='RandomResize', scale=(256, 128), ratio_range=(0.75, 1.5), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
@@ -26,7 +26,7 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(256, 128), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='CheckedLoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(batch_size=8, num_workers=2,
@@ -41,7 +41,7 @@ tta_pipeline = [
         [dict(type='Resize', scale=scale, keep_ratio=True) for scale in tta_scales],
         [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
          dict(type='RandomFlip', prob=1.0, direction='horizontal')],
-        [dict(type='LoadAnnotations')],
+        [dict(type='CheckedLoadAnnotations')],
         [dict(type='PackSegInputs')],
     ]),
 ]

@@ -53,8 +53,25 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False),
 ]
-train_dataloader = dict(batch_size=2)
-val_dataloader = dict(batch_size=1)
+# mmseg's ADE20K pipelines, with CheckedLoadAnnotations: a label of the wrong size or with values outside 0..150
+# stops the run naming the file (mmseg would train on it, or count it in the metrics).
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(2048, 512), keep_ratio=True),
+    dict(type='CheckedLoadAnnotations', reduce_zero_label=True),  # after Resize: labels stay at full size
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 # tools/test.py --tta: the release's multi-scale + flip protocol (mmseg 0.x's MultiScaleFlipAug): the test scale
 # (2048, 512) x 0.5 ... 1.75, each also flipped, merged by mmseg's SegTTAModel (tta_model of default_runtime).
@@ -66,7 +83,7 @@ tta_pipeline = [
         [dict(type='Resize', scale=scale, keep_ratio=True) for scale in tta_scales],
         [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
          dict(type='RandomFlip', prob=1.0, direction='horizontal')],
-        [dict(type='LoadAnnotations')],
+        [dict(type='CheckedLoadAnnotations')],
         [dict(type='PackSegInputs')],
     ]),
 ]

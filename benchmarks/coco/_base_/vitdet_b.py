@@ -46,10 +46,10 @@ test_pipeline = [
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
-train_dataloader = dict(batch_size=8, num_workers=8, dataset=dict(_delete_=True, type='CocoDataset',
+train_dataloader = dict(batch_size=8, num_workers=8, dataset=dict(_delete_=True, type='CheckedCocoDataset',
     data_root='data/coco/', ann_file='annotations/instances_train2017.json', data_prefix=dict(img='train2017/'),
     filter_cfg=dict(filter_empty_gt=True, min_size=32), pipeline={{_base_.train_pipeline}}))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+val_dataloader = dict(dataset=dict(type='CheckedCocoDataset', pipeline=test_pipeline))
 test_dataloader = val_dataloader
 # tools/test.py --tta: horizontal flip, views merged by box NMS as mmdet's DetTTAModel does, each kept box with its
 # own view's mask (AdPEDetTTAModel: mmdet 3.3.0's DetTTAModel refuses masks). The flip comes before the padding,
