@@ -15,6 +15,8 @@ strictly.
 Positions: the sin-cos APE (a learnable table, resampled bicubically to the input grid), plus optionally
 ``rel_pos='bias'`` (zero-initialised learned biases: BEiT-style in seg mode, ViTDet's decomposed one in det
 mode) or ``rel_pos='irpe'`` (the pretrained iRPE tables, discrete or continuous lookup).
+Layer scale (``init_values``, off by default): learnable per-channel ``blocks.N.gamma_1`` / ``gamma_2`` on the
+residual branches, as mmseg's MAE backbone of the ADE20K recipe has them (``init_values=1.0``).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def check_loaded_structure(module: ViTBackbone, state_dict: dict, prefix: str, *
     iRPE tables that a non-iRPE backbone would drop.
     """
     key, ours = prefix + STRUCTURE_KEY, module.structure()
+    check_loaded_layer_scale(module, state_dict, prefix, trained=key in state_dict)
     if key not in state_dict:
         tables = [k for k in state_dict if k.startswith(prefix + "blocks.") and ".attn.rpe_k." in k]
         if tables and ours["rel_pos"] != "irpe":
@@ -92,6 +95,22 @@ def check_loaded_structure(module: ViTBackbone, state_dict: dict, prefix: str, *
             f"the weights were trained with {_settings(saved)}, but this backbone has {_settings(ours)}. Build the "
             "model from the run's saved config (WORK_DIR/CONFIG_NAME.py, or the checkpoint's meta['cfg']), or set "
             f"--cfg-options {fix}")
+
+
+def check_loaded_layer_scale(module: ViTBackbone, state_dict: dict, prefix: str, trained: bool) -> None:
+    """Refuse layer-scale weights (``blocks.N.gamma_1/2``) that a backbone without layer scale would drop, and
+    trained weights (``trained``: they carry the structure record) without them in a backbone with layer scale.
+    Pretraining weights without gammas are accepted: the gammas keep their ``init_values``, as in mmseg's MAE."""
+    gammas = [k for k in state_dict if k.startswith(prefix + "blocks.") and k.endswith((".gamma_1", ".gamma_2"))]
+    if gammas and module.init_values is None:
+        raise CheckpointMismatchError(
+            f"the weights have layer scale ({gammas[0]}, ...) but the backbone has none (init_values=None), which "
+            "would drop it: build the model from the run's saved config, or set --cfg-options "
+            "model.backbone.init_values=1.0 (the weights' gammas replace the initial value)")
+    if trained and not gammas and module.init_values is not None:
+        raise CheckpointMismatchError(
+            f"the weights were trained without layer scale, but this backbone has init_values={module.init_values}: "
+            "build the model from the run's saved config, or set --cfg-options model.backbone.init_values=None")
 
 
 MODES = ("cls", "seg", "det")
@@ -131,6 +150,9 @@ class ViTBackbone(nn.Module):
         drop_path_rate: stochastic depth, increasing linearly to this value over the blocks.
         use_checkpoint: activation checkpointing of every block while training (saves memory).
         final_norm: apply the final LayerNorm to the returned maps' last block (seg / det modes).
+        init_values: layer scale: learnable per-channel gammas on every block's attention and MLP branches,
+            starting at this value (mmseg's MAE ``init_values``; the ADE20K recipe's 1.0). Checkpoints without
+            gammas leave them at this value. None (default): no layer scale.
     """
 
     def __init__(
@@ -152,6 +174,7 @@ class ViTBackbone(nn.Module):
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
         final_norm: bool = False,
+        init_values: float | None = None,
         mlp_ratio: float = 4.0,
         **size_overrides,
     ):
@@ -175,13 +198,14 @@ class ViTBackbone(nn.Module):
         if any(not 0 <= i < dims.depth for i in self.out_indices):
             raise ValueError(f"out_indices {self.out_indices} must lie in [0, {dims.depth})")
         self.use_checkpoint = use_checkpoint
+        self.init_values = None if init_values is None else float(init_values)
         self._lookups: dict[tuple, RelPos] = {}  # (h, w, rpe_lookup, device) -> the unperturbed iRPE input
 
         self.patch_embed = PatchEmbed(img_size, dims.patch_size, in_chans, dims.embed_dim, strict_img_size=False)
         if self.class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, dims.embed_dim))
         self.pos_embed = nn.Parameter(sincos_2d_table(*self.grid, dims.embed_dim)[None])
-        rates = torch.linspace(0, drop_path_rate, dims.depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, dims.depth, device="cpu").tolist()  # also under torch.device("meta")
         self.blocks = nn.ModuleList(
             self._block(i, rates[i], mlp_ratio, window_size, global_blocks) for i in range(dims.depth)
         )
@@ -211,7 +235,7 @@ class ViTBackbone(nn.Module):
                         else RelPosBias(grid, dims.num_heads, cls_token=self.class_token))
         return Block(dims.embed_dim, dims.num_heads, mlp_ratio, drop_path=drop_path,
                      rpe=self.rel_pos == "irpe", rpe_query_scale=self.rpe_query_scale, rel_bias=rel_bias,
-                     window_size=window_size if windowed else 0)
+                     window_size=window_size if windowed else 0, init_values=self.init_values)
 
     def structure(self) -> dict:
         """The relative-position settings that the weights depend on (recorded in ``structure_code``)."""
@@ -232,9 +256,10 @@ class ViTBackbone(nn.Module):
         return self.num_layers - 1
 
     def no_weight_decay(self) -> set[str]:
-        """Position parameters that must not be decayed (1-D parameters are handled by the optimiser)."""
-        return {n for n, _ in self.named_parameters()
-                if n in ("pos_embed", "cls_token") or "rpe_k" in n or "rel_bias" in n}
+        """timm's ``VisionTransformer.no_weight_decay()``, which MAE's and the release's fine-tuning pass to
+        ``param_groups_lrd``: pos_embed and cls_token (the iRPE and relative-bias tables are decayed there).
+        Which tensors a transfer optimiser exempts is its rule's choice (``adpe.optim.WEIGHT_DECAY_RULES``)."""
+        return {n for n, _ in self.named_parameters(recurse=False) if n in ("pos_embed", "cls_token")}
 
     # ---------------------------------------------------------------- forward
     def _positions(self, grid: tuple[int, int]) -> Tensor:

@@ -328,7 +328,8 @@ def load_checkpoint_file(path: str | os.PathLike, map_location="cpu", mmap: bool
 
 PREFIXES_TO_STRIP = ("module.", "mae.", "backbone.")
 # mmpretrain's MAE / ViT backbone (backbone.layers.N.{ln1, attn.qkv, attn.proj, ln2, ffn.layers.0.0,
-# ffn.layers.1}, patch_embed.projection, final norm ln1, pooled-feature norm ln2) -> MAE's names.
+# ffn.layers.1}, patch_embed.projection, final norm ln1, pooled-feature norm ln2) -> MAE's names; layer scale
+# (timm blocks.N.ls1/ls2.gamma, mmpretrain layers.N.gamma1/gamma2.weight) -> BEiT's / mmseg's gamma_1 / gamma_2.
 RENAMED = (
     (re.compile(r"^patch_embed\.projection\."), "patch_embed.proj."),
     (re.compile(r"^layers\.(\d+)\.ln([12])\."), r"blocks.\1.norm\2."),
@@ -337,7 +338,11 @@ RENAMED = (
     (re.compile(r"^layers\.(\d+)\.attn\."), r"blocks.\1.attn."),
     (re.compile(r"^ln1\."), "norm."),
     (re.compile(r"^ln2\."), "fc_norm."),
+    (re.compile(r"^blocks\.(\d+)\.ls([12])\.gamma$"), r"blocks.\1.gamma_\2"),
+    (re.compile(r"^layers\.(\d+)\.gamma([12])\.weight$"), r"blocks.\1.gamma_\2"),
 )
+# Layer scale in our names: loaded by a backbone with ``init_values``, refused by one without (fit_to_backbone).
+LAYER_SCALE = re.compile(r"^blocks\.\d+\.gamma_[12]$")
 DROPPED_ON_PURPOSE = (
     (re.compile(r"^decoder[._]"), "pretraining decoder"),
     (re.compile(r"^neck\.(decoder_|mask_token$|ln1\.)"), "pretraining decoder (mmpretrain's MAE neck)"),
@@ -361,7 +366,6 @@ RELEASE_CONSTANTS = re.compile(r"\.rpe_k\.no_shift$")  # zeros (requires_grad=Fa
 UNSUPPORTED = (
     (re.compile(r"^reg_token$"), "register tokens (timm reg_tokens)"),
     (re.compile(r"^(norm_pre|pre_norm)\."), "a norm before the blocks (timm norm_pre, mmpretrain pre_norm: CLIP)"),
-    (re.compile(r"\.(ls[12]\.gamma|gamma[12]\.weight)$"), "layer scale (timm init_values, mmpretrain gamma1/2)"),
     (re.compile(r"\.attn\.[qk]_norm\."), "query / key norms (timm qk_norm)"),
 )
 
@@ -459,8 +463,10 @@ def fit_to_backbone(state: dict, backbone: torch.nn.Module) -> tuple[dict, dict[
 
     Resamples the APE table to the backbone's grid; drops the cls token, the final norm and the pooled-feature
     norm (``fc_norm``) when the backbone has none (on purpose, reported); zero-initialised learned relative
-    biases and a fresh ``fc_norm`` (classification from a pretraining checkpoint) may be absent. Any other
-    missing, unexpected or mis-shaped key raises CheckpointMismatchError naming the keys.
+    biases and a fresh ``fc_norm`` (classification from a pretraining checkpoint) may be absent. Layer scale:
+    a checkpoint without gammas (MAE, AdPE) gets the backbone's ``init_values`` ones, as mmseg's MAE leaves
+    them; a checkpoint with gammas needs a backbone with layer scale. Any other missing, unexpected or
+    mis-shaped key raises CheckpointMismatchError naming the keys.
     """
     state, dropped = dict(state), {}
     target = backbone.state_dict()
@@ -478,6 +484,14 @@ def fit_to_backbone(state: dict, backbone: torch.nn.Module) -> tuple[dict, dict[
         if reason and key not in target:
             state.pop(key)
             dropped[key] = reason
+    gammas = sorted(k for k in state if LAYER_SCALE.search(k))
+    if gammas and getattr(backbone, "init_values", None) is None:
+        raise CheckpointMismatchError(
+            f"the checkpoint's ViT has layer scale ({', '.join(gammas[:2])}, ...: timm ls1/ls2.gamma, mmpretrain "
+            "gamma1/gamma2, BEiT / mmseg gamma_1/gamma_2), which this backbone does not compute: set "
+            "model.backbone.init_values=1.0 (the checkpoint's gammas replace the initial value)")
+    if not gammas:  # the gammas keep their init_values (the backbone's own tensors), as mmseg's MAE does
+        state.update({k: v.clone() for k, v in target.items() if LAYER_SCALE.search(k)})
     if "pos_embed" in state:
         old = state["pos_embed"]
         side = int(round((old.shape[1] - 1) ** 0.5))

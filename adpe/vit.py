@@ -143,6 +143,9 @@ class Block(nn.Module):
 
     With ``window_size > 0`` attention runs inside non-overlapping windows of the (h, w) token grid (ViTDet;
     the grid is padded to a multiple of the window); the input then holds grid tokens only, no cls token.
+    With ``init_values`` (layer scale, as BEiT and mmseg's MAE backbone have it): x + gamma_1 * attn(norm1(x)),
+    then x + gamma_2 * mlp(norm2(x)), with learnable per-channel ``gamma_1`` / ``gamma_2`` starting at
+    ``init_values``; None (default): no layer scale.
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class Block(nn.Module):
         rpe_query_scale: bool = False,
         rel_bias: nn.Module | None = None,
         window_size: int = 0,
+        init_values: float | None = None,
     ):
         super().__init__()
         self.window_size = window_size
@@ -166,6 +170,11 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        if init_values is not None:  # mmseg beit.py BEiTTransformerEncoderLayer: init_values * torch.ones(dim)
+            self.gamma_1 = nn.Parameter(torch.full((dim,), float(init_values)))
+            self.gamma_2 = nn.Parameter(torch.full((dim,), float(init_values)))
+        else:
+            self.gamma_1 = self.gamma_2 = None
 
     def forward(self, x: Tensor, rel_pos: RelPos | None = None, grid: tuple[int, int] | None = None) -> Tensor:
         """x: (B, N, C); ``grid`` (h, w) is required for windowed blocks and learned relative biases."""
@@ -177,8 +186,11 @@ class Block(nn.Module):
             y = window_unpartition(y, self.window_size, padded, grid).reshape(b, -1, c)
         else:
             y = self.attn(y, rel_pos, grid)
-        x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.gamma_1 is None:
+            x = x + self.drop_path(y)
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.gamma_1 * y)
+        return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
 
 
 def window_partition(x: Tensor, window: int) -> tuple[Tensor, tuple[int, int]]:

@@ -179,8 +179,9 @@ def test_vit_b_backbone_parameter_count_and_layer_decay():
     # timm's ViT-B/16 without its pos_embed (ours is on the 32 x 32 grid) and final norm (unused: final_norm=False)
     encoder = sum(p.numel() for n, p in reference.named_parameters() if n != "pos_embed" and not n.startswith("norm."))
     rel_bias = 12 * ((2 * 32 - 1) ** 2 + 3) * 12  # per block: ((2h-1)(2w-1)+3) x heads, 32 x 32 grid
+    layer_scale = 12 * 2 * 768  # mmseg's MAE recipe: init_values=1.0, gamma_1 / gamma_2 per block
     ours = sum(p.numel() for p in model.backbone.parameters())
-    assert ours == encoder + (32 * 32 + 1) * 768 + rel_bias
+    assert ours == encoder + (32 * 32 + 1) * 768 + rel_bias + layer_scale
 
     wrapper_cfg = dict(cfg.optim_wrapper, type="OptimWrapper")
     optimizer = build_optim_wrapper(model, wrapper_cfg).optimizer
@@ -196,7 +197,8 @@ def test_vit_b_backbone_parameter_count_and_layer_decay():
     assert group(model.decode_head.conv_seg.weight)["lr"] == pytest.approx(lr)
     assert group(model.backbone.blocks[0].attn.qkv.weight)["weight_decay"] == 0.05
     assert group(model.backbone.blocks[0].attn.qkv.bias)["weight_decay"] == 0.0
-    assert group(model.backbone.pos_embed)["weight_decay"] == 0.0
+    # mmseg's constructor as the release ran it decays pos_embed (tests/test_recipes_mm.py: every tensor)
+    assert group(model.backbone.pos_embed)["weight_decay"] == 0.05
 
 
 def test_tiny_upernet_trains_and_dist_test_reports_miou(tmp_path):

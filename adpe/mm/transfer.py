@@ -20,7 +20,7 @@ from adpe.checkpoint import (
     to_backbone_state,
 )
 from adpe.mm.engine import bare_model, build_grouped_optim_wrapper
-from adpe.optim import layer_decay_param_groups
+from adpe.optim import WEIGHT_DECAY_RULES, layer_decay_param_groups
 from adpe.vit import compile_blocks
 
 
@@ -86,18 +86,24 @@ class AdPEViT(ViTBackbone, BaseModule):
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class AdPELayerDecayConstructor:
-    """Layer-wise lr decay driven by the backbone's own ``layer_depth`` / ``no_weight_decay``.
+    """Layer-wise lr decay driven by the backbone's own ``layer_depth``, with a recipe's weight-decay rule.
 
-    ``paramwise_cfg=dict(layer_decay_rate=0.65)``; the model must expose the backbone as ``model.backbone``.
+    ``paramwise_cfg=dict(layer_decay_rate=0.65, weight_decay_rule='mae')``; the rule (``adpe.optim.
+    WEIGHT_DECAY_RULES``) is the reference's: 'mae' (MAE / release fine-tuning), 'mmseg' (mmseg's layer-decay
+    constructor as it runs) or 'detectron2' (ViTDet). The model must expose the backbone as ``model.backbone``.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None):
         self.optim_wrapper_cfg = copy.deepcopy(dict(optim_wrapper_cfg))
         paramwise_cfg = dict(paramwise_cfg or {})
-        if set(paramwise_cfg) != {"layer_decay_rate"}:
-            raise ValueError("AdPELayerDecayConstructor takes paramwise_cfg=dict(layer_decay_rate=...), got "
-                             f"{sorted(paramwise_cfg)}")
+        if set(paramwise_cfg) != {"layer_decay_rate", "weight_decay_rule"}:
+            raise ValueError("AdPELayerDecayConstructor takes paramwise_cfg=dict(layer_decay_rate=..., "
+                             f"weight_decay_rule=one of {sorted(WEIGHT_DECAY_RULES)}), got {sorted(paramwise_cfg)}")
         self.decay_rate = float(paramwise_cfg["layer_decay_rate"])
+        self.weight_decay_rule = paramwise_cfg["weight_decay_rule"]
+        if self.weight_decay_rule not in WEIGHT_DECAY_RULES:
+            raise ValueError(f"paramwise_cfg.weight_decay_rule must be one of {sorted(WEIGHT_DECAY_RULES)}, got "
+                             f"{self.weight_decay_rule!r}")
 
     def __call__(self, model) -> OptimWrapper:
         model = bare_model(model)
@@ -108,7 +114,7 @@ class AdPELayerDecayConstructor:
 
         def groups(lr: float, weight_decay: float) -> list[dict]:
             found = layer_decay_param_groups(model, backbone, lr=lr, weight_decay=weight_decay,
-                                             decay_rate=self.decay_rate)
+                                             decay_rate=self.decay_rate, weight_decay_rule=self.weight_decay_rule)
             return [{k: v for k, v in group.items() if k != "param_names"} for group in found]
 
         return build_grouped_optim_wrapper(self.optim_wrapper_cfg, groups)
@@ -136,10 +142,14 @@ class ResolvedBackboneHook(Hook):
 def backbone_settings_of_trained(ckpt: dict) -> dict:
     """rel_pos / rpe_lookup / rpe_query_scale of a fine-tuned mmseg / mmdet checkpoint: the structure its backbone
     recorded in the weights (``structure_code``); for checkpoints older than that record, rel_pos / rpe_lookup from
-    its weights and saved config."""
+    its weights and saved config. ``init_values``: 1.0 when the weights have layer scale (their gammas replace
+    it), else None."""
+    layer_scale = any(k.startswith("backbone.blocks.") and k.endswith((".gamma_1", ".gamma_2"))
+                      for k in checkpoint_state(ckpt))
+    init_values = {"init_values": 1.0 if layer_scale else None}
     code = checkpoint_state(ckpt).get(f"backbone.{STRUCTURE_KEY}")
     if code is not None:
-        return decode_structure(code)
+        return {**decode_structure(code), **init_values}
     variant = checkpoint_variant(ckpt)  # position 'rpe' <=> iRPE tables in the weights
     if variant["position"] == "rpe":
         rel_pos = "irpe"
@@ -147,4 +157,4 @@ def backbone_settings_of_trained(ckpt: dict) -> dict:
         rel_pos = "bias"
     else:
         rel_pos = "none"
-    return {"rel_pos": rel_pos, "rpe_lookup": variant["rpe_lookup"]}
+    return {"rel_pos": rel_pos, "rpe_lookup": variant["rpe_lookup"], **init_values}

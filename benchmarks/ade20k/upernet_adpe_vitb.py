@@ -33,6 +33,9 @@ model = dict(
         rel_pos='auto',
         rpe_lookup='auto',
         drop_path_rate=0.1,
+        # Layer scale as mmseg's MAE recipe (configs/mae/..._8x2_512x512_160k_ade20k.py, init_values=1.0): learnable
+        # per-channel gammas on every block's branches; checkpoints without them (MAE, AdPE) start them at 1.0.
+        init_values=1.0,
         compile=False,  # True: torch.compile the blocks on GPU machines (README, "GPU nodes and clusters")
         init_cfg=dict(type='Pretrained', checkpoint=None),
     ),
@@ -47,7 +50,10 @@ optim_wrapper = dict(
     type='AutoAmpOptimWrapper',  # bf16 autocast on CPUs and bf16 GPUs, fp16 + dynamic loss scale on older GPUs
     optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='AdPELayerDecayConstructor',
-    paramwise_cfg=dict(layer_decay_rate=0.65),
+    # mmseg's LayerDecayOptimizerConstructor as the release ran it: 1-D tensors and biases are not decayed. Its
+    # name check for pos_embed / cls_token compares full names ('backbone.pos_embed') and never matches, so those
+    # and the relative-position tables are decayed (0.05); we reproduce what ran (docs/method.md).
+    paramwise_cfg=dict(layer_decay_rate=0.65, weight_decay_rule='mmseg'),
 )
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),

@@ -43,8 +43,8 @@ epochs = 10
 warmup_epochs = 1
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=warmup_epochs, convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', T_max=epochs - warmup_epochs, eta_min=1e-6, by_epoch=True, begin=warmup_epochs,
-         end=epochs, convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=epochs - warmup_epochs, eta_min_ratio=1e-6 / 1e-3, by_epoch=True,
+         begin=warmup_epochs, end=epochs, convert_to_iter_based=True),  # MAE's end: 1e-6 x each group's scale
 ]
 train_cfg = dict(max_epochs=epochs, val_interval=epochs)
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=epochs, max_keep_ckpts=1, save_best=None))

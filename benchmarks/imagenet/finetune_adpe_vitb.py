@@ -2,7 +2,8 @@
 # fine-tuning): 100 epochs, effective batch 1024 (APE models; RPE models: finetune_adpe_vitb_rpe.py, batch 4096),
 # AdamW (0.9, 0.999), lr = base lr 5e-4 x batch / 256 (the release sweeps the base lr in [1e-4, 1e-3]), weight
 # decay 0.05, layer decay 0.65, drop path 0.1, RandAugment m9-mstd0.5-inc1, mixup 0.8 / cutmix 1.0, label
-# smoothing 0.1, random erasing 0.25, 5 warm-up epochs, cosine to 1e-6, global average pooling + fc_norm.
+# smoothing 0.1, random erasing 0.25, 5 warm-up epochs, cosine to 1e-6 x each group's layer-decay scale, global
+# average pooling + fc_norm.
 # Published (release README, 400 pretraining epochs): MAE+ APE 83.9, AdPE APE embedding 84.1, APE coordinate 84.2.
 #   tools/dist_train.sh benchmarks/imagenet/finetune_adpe_vitb.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=PATH
@@ -55,16 +56,19 @@ optim_wrapper = dict(
     type='AutoAmpOptimWrapper',  # bf16 autocast on CPUs and bf16 GPUs, fp16 + dynamic loss scale on older GPUs
     optimizer=dict(type='AdamW', lr=base_lr * effective_batch / 256, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='AdPELayerDecayConstructor',
-    paramwise_cfg=dict(layer_decay_rate=0.65),
+    # MAE's param_groups_lrd (util/lr_decay.py; the release's optimizer/lr_decay.py): 1-D tensors, pos_embed and
+    # cls_token are not decayed; the iRPE tables of RPE models are (their no_weight_decay() lists only those two).
+    paramwise_cfg=dict(layer_decay_rate=0.65, weight_decay_rule='mae'),
 )
 epochs = 100
 warmup_epochs = 5
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-4, by_epoch=True, begin=0, end=warmup_epochs, convert_to_iter_based=True),
-    # eta_min is absolute, as mmpretrain's MAE recipe has it (MAE ends each layer-decayed group at 1e-6 x its
-    # scale; docs/method.md, "Recipe decisions").
-    dict(type='CosineAnnealingLR', T_max=epochs - warmup_epochs, eta_min=1e-6, by_epoch=True, begin=warmup_epochs,
-         end=epochs, convert_to_iter_based=True),
+    # MAE's end of the cosine (util/lr_sched.py, --min_lr 1e-6): each layer-decayed group ends at 1e-6 x its scale,
+    # i.e. at 1e-6 / lr of its own start. A config that changes the lr writes its own ratio
+    # (finetune_adpe_vitb_rpe.py); an lr given on the command line keeps this one (the end then scales with it).
+    dict(type='CosineAnnealingLR', T_max=epochs - warmup_epochs, eta_min_ratio=1e-6 / (base_lr * effective_batch / 256),
+         by_epoch=True, begin=warmup_epochs, end=epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=epochs, val_interval=1)
 val_cfg = dict()

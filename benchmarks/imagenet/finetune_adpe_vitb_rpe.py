@@ -9,3 +9,9 @@ _base_ = ['./finetune_adpe_vitb.py']
 effective_batch = 4096  # 8 GPUs x 128 images x 4 accumulation steps
 auto_scale_lr = dict(base_batch_size=4096)
 optim_wrapper = dict(optimizer=dict(lr=8e-3))  # base lr 5e-4 x 4096 / 256
+# The APE recipe's schedule with MAE's end for this lr: each group ends at 1e-6 x its layer-decay scale.
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-4, by_epoch=True, begin=0, end=5, convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=95, eta_min_ratio=1e-6 / 8e-3, by_epoch=True, begin=5, end=100,
+         convert_to_iter_based=True),
+]

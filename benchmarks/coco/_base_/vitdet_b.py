@@ -71,7 +71,10 @@ optim_wrapper = dict(
     _delete_=True,
     type='AutoAmpOptimWrapper',  # bf16 autocast on CPUs and bf16 GPUs, fp16 + dynamic loss scale on older GPUs
     constructor='AdPELayerDecayConstructor',
-    paramwise_cfg=dict(layer_decay_rate=0.7),
+    # detectron2 ViTDet's get_default_optimizer_params(weight_decay_norm=0, overrides={'pos_embed': wd 0}): only the
+    # ViT's LayerNorms and pos_embed are not decayed; biases, rel_pos_h / rel_pos_w and the pyramid's and heads'
+    # LayerNorm2d (detectron2's LayerNorm, a plain nn.Module there) are decayed (0.1).
+    paramwise_cfg=dict(layer_decay_rate=0.7, weight_decay_rule='detectron2'),
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),
 )
 max_iters = 184375
