@@ -60,7 +60,10 @@ class PipelineConfig:
         """Read a pipeline YAML file; SystemExit naming the file when an entry is missing or malformed."""
         import yaml  # PyYAML comes with mmengine; only reading a config needs it
 
-        raw = yaml.safe_load(Path(path).read_text())
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:  # the parser's message has the line and column
+            raise SystemExit(f"{path}: not valid YAML ({err}); fix that line (see tools/demo_pipeline.yaml)") from err
         try:
             variants = [RunInfo(v["name"], v.get("label", v["name"]), v.get("pretrain"), bool(v.get("baseline")))
                         for v in raw["variants"]]

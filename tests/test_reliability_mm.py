@@ -351,3 +351,37 @@ def test_complete_checkpoint_passes_the_fit_check(tmp_path):
     torch.save({"state_dict": {"linear.weight": model.linear.weight}, "meta": {}}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match=r"leaves 6 of the model's 7 weights unset \(linear\.bias"):
         check_checkpoint_fits(model, tmp_path / "partial.pth")
+
+
+def test_resume_scales_only_the_groups_whose_lr_changed():
+    """A lower main lr on resume moves the main (layer-decayed) groups, not a group with its own lr (the
+    adversary's ``adv_lr``), and their schedules with them."""
+    from types import SimpleNamespace
+
+    from adpe.mm.hooks import scale_resumed_lr
+
+    runner = SimpleNamespace(optim_wrapper=SimpleNamespace(param_groups=[
+        {"lr": 1e-4, "initial_lr": 1e-4}, {"lr": 6.5e-5, "initial_lr": 6.5e-5}, {"lr": 1.5e-4, "initial_lr": 1.5e-4}]))
+    checkpoint = {
+        "optimizer": {"state": {}, "param_groups": [
+            {"lr": 5e-2, "initial_lr": 1e-1}, {"lr": 3.25e-2, "initial_lr": 6.5e-2},
+            {"lr": 7.5e-5, "initial_lr": 1.5e-4, "adversary": True}]},
+        "param_schedulers": [{"param_name": "lr", "base_values": [1e-1, 6.5e-2, 1.5e-4],
+                              "_last_value": [5e-2, 3.25e-2, 7.5e-5]}],
+    }
+    scale_resumed_lr(runner, checkpoint)
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == pytest.approx([1e-4, 6.5e-5, 1.5e-4])
+    assert [g["lr"] for g in groups] == pytest.approx([5e-5, 3.25e-5, 7.5e-5])  # same point of the schedule
+    assert checkpoint["param_schedulers"][0]["base_values"] == pytest.approx([1e-4, 6.5e-5, 1.5e-4])
+    assert checkpoint["param_schedulers"][0]["_last_value"] == pytest.approx([5e-5, 3.25e-5, 7.5e-5])
+
+
+def test_train_then_test_after_a_resume_does_not_reload_a_deleted_checkpoint(tmp_path):
+    """train() resumed from iter_1.pth, which max_keep_ckpts=1 deleted since; test() in the same process (what
+    ``tools/train.py --test`` does) must not look for it again."""
+    stand_in_runner(tmp_path, max_iters=1).train()
+    runner = stand_in_runner(tmp_path, max_iters=3)
+    runner.train()
+    assert not (tmp_path / "iter_1.pth").exists()
+    runner.call_hook("before_run")  # what runner.test() calls first

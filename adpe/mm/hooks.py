@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmengine.config import Config
 from mmengine.dist import broadcast_object_list, is_main_process
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook, Hook
@@ -106,9 +105,10 @@ class SafeCheckpointHook(CheckpointHook):
     * Auto-resume (``--resume`` without a file, ``resume=True`` in the config) takes the newest checkpoint that
       exists and is finite: the pointer's, else the newest ``filename_tmpl`` file in the work dir, older ones
       if it is non-finite (written before this hook existed). An explicit file that is non-finite is refused.
-    * Resuming with another ``optim_wrapper.optimizer.lr`` than the checkpoint's config scales the restored
-      lrs and lr schedules by the ratio, so that the new lr holds from the resumed step on and the schedule
-      continues (mmengine restores them from the checkpoint as they were).
+    * Resuming with other lrs than the checkpoint's run (e.g. ``--cfg-options optim_wrapper.optimizer.lr=...``)
+      scales each changed parameter group's restored lr and lr schedule by the ratio of the new to the old
+      starting lr, so that the new lr holds from the resumed step on and the schedule continues (mmengine alone
+      restores the checkpoint's lrs as they were).
     * Unknown arguments fail when the hook is built, before training (mmengine passes them on to
       ``Runner.save_checkpoint`` and fails at the first save, an epoch later).
     """
@@ -127,7 +127,8 @@ class SafeCheckpointHook(CheckpointHook):
 
     # ---------------------------------------------------------------------------------------------- resume
     def before_run(self, runner) -> None:
-        if not isinstance(runner._train_loop, BaseLoop) or not runner._resume:  # only runner.train() resumes
+        # Only runner.train() resumes, once: runner.test() after it calls before_run again.
+        if not isinstance(runner._train_loop, BaseLoop) or not runner._resume or runner._has_loaded:
             return
         if runner._load_from is None:
             runner._load_from = self._newest_finite(runner)
@@ -184,7 +185,9 @@ class SafeCheckpointHook(CheckpointHook):
                 f"training stopped before saving {'epoch' if self.by_epoch else 'iteration'} {step}: non-finite "
                 f"weights or statistics ({_listed(bad)}); nothing was saved. Last good checkpoint: "
                 f"{last if last else 'none yet'}. Lower the lr (resume with --cfg-options "
-                "optim_wrapper.optimizer.lr=... applies it from the resumed step on), or use bf16 instead of fp16.")
+                "optim_wrapper.optimizer.lr=... applies it from the resumed step on), or use bf16 instead of fp16. "
+                "If the loss was already growing at that checkpoint, start afresh instead (--cfg-options resume=False, "
+                "or another --work-dir).")
         dropped = []
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
             kept = [*self.keep_ckpt_ids, step]  # a best checkpoint may save the same step twice: keep it once
@@ -218,42 +221,53 @@ def _listed(names: list[str], shown: int = 5) -> str:
     return f"{len(names)} tensor(s): {', '.join(names[:shown])}{more}"
 
 
-def configured_lr(cfg) -> float | None:
-    """``optim_wrapper.optimizer.lr`` of a config (a Config or its text), None if it has none."""
-    if isinstance(cfg, str):
-        try:
-            cfg = Config.fromstring(cfg, file_format=".py")
-        except Exception:  # a config text mmengine cannot read back (rare): then the lr is unknown
-            return None
-    lr = cfg.get("optim_wrapper", {}).get("optimizer", {}).get("lr")
-    return float(lr) if isinstance(lr, int | float) else None
-
-
 def scale_resumed_lr(runner, checkpoint: dict) -> None:
-    """If the run's configured lr differs from the one the checkpoint's run was configured with, scale the lrs of
-    the checkpoint's optimiser groups and lr schedulers by their ratio, in place, before mmengine restores them.
+    """Where this run's optimiser (built from its config, before the resume) starts a group at another lr than the
+    checkpoint's run did, scale that group's lrs in the checkpoint, and its lr schedules, by the ratio, in place,
+    before mmengine restores them: the new lr then holds from the resumed step and the schedule continues.
 
-    Warm-up factors, cosine shapes and step milestones are relative and carry over; an absolute ``eta_min``
-    stays as configured.
+    Group by group, so that only the lrs that changed move (e.g. the main lr but not the adversary's own).
+    Warm-up factors, cosine shapes and step milestones are relative and carry over; an absolute ``eta_min`` stays
+    as configured.
     """
-    old, new = configured_lr(checkpoint.get("meta", {}).get("cfg", "")), configured_lr(runner.cfg)
-    if old is None or new is None or math.isclose(old, new, rel_tol=1e-12) or old == 0:
+    current = [group.get("initial_lr", group["lr"]) for group in _param_groups(runner.optim_wrapper)]
+    saved = _saved_param_groups(checkpoint["optimizer"])
+    if len(saved) != len(current):
+        return  # another model or grouping: mmengine's own load_state_dict reports it
+    ratios = [new / old.get("initial_lr", old["lr"]) if old.get("initial_lr", old["lr"]) else 1.0
+              for new, old in zip(current, saved, strict=True)]
+    if all(math.isclose(ratio, 1.0, rel_tol=1e-9) for ratio in ratios):
         return
-    ratio = new / old
-    optimizer = checkpoint["optimizer"]
-    for state in optimizer.values() if "param_groups" not in optimizer else [optimizer]:
-        for group in state.get("param_groups", []) if isinstance(state, dict) else []:
-            for key in ("lr", "initial_lr"):
-                if key in group:
-                    group[key] *= ratio
+    for group, ratio in zip(saved, ratios, strict=True):
+        for key in ("lr", "initial_lr"):
+            if key in group:
+                group[key] *= ratio
     schedulers = checkpoint.get("param_schedulers") or []
     for scheduler in schedulers if isinstance(schedulers, list) else sum(schedulers.values(), []):
         if scheduler.get("param_name") == "lr":
             for key in ("base_values", "_last_value"):
-                if key in scheduler:
-                    scheduler[key] = [value * ratio for value in scheduler[key]]
-    print_log(f"resuming with optim_wrapper.optimizer.lr={new:g} instead of the checkpoint's {old:g}: the "
-              f"restored lrs and lr schedules are scaled by {ratio:g} from this step on", logger="current")
+                if len(scheduler.get(key) or []) == len(ratios):
+                    scheduler[key] = [value * ratio for value, ratio in zip(scheduler[key], ratios, strict=True)]
+    changed = sorted({f"{ratio:g}" for ratio in ratios if not math.isclose(ratio, 1.0, rel_tol=1e-9)})
+    print_log(f"resuming with this config's lrs, not the checkpoint's: {sum(r != 1.0 for r in ratios)} of "
+              f"{len(ratios)} parameter groups and their lr schedules scaled by {', '.join(changed)} from this step "
+              "on", logger="current")
+
+
+def _param_groups(optim_wrapper) -> list[dict]:
+    """The parameter groups of one optimiser wrapper, or of several in name order (mmengine's OptimWrapperDict)."""
+    wrappers = getattr(optim_wrapper, "optim_wrappers", None)
+    if wrappers:
+        return [group for name in sorted(wrappers) for group in wrappers[name].param_groups]
+    return list(optim_wrapper.param_groups)
+
+
+def _saved_param_groups(state: dict) -> list[dict]:
+    """The same groups in a checkpoint's optimiser state, in the same order."""
+    if "param_groups" in state:
+        return state["param_groups"]
+    return [group for name in sorted(state) if isinstance(state[name], dict)
+            for group in state[name].get("param_groups", [])]
 
 
 @HOOKS.register_module()
