@@ -61,8 +61,9 @@ class PipelineConfig:
         import yaml  # PyYAML comes with mmengine; only reading a config needs it
 
         try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as err:  # the parser's message has the line and column
+            with open(path) as stream:  # a named stream: the parser's message names the file, line and column
+                raw = yaml.safe_load(stream)
+        except yaml.YAMLError as err:
             raise SystemExit(f"{path}: not valid YAML ({err}); fix that line (see tools/demo_pipeline.yaml)") from err
         try:
             variants = [RunInfo(v["name"], v.get("label", v["name"]), v.get("pretrain"), bool(v.get("baseline")))

@@ -90,6 +90,9 @@ def test_malformed_config_is_reported(tmp_path):
     path.write_text("work_dir: x\nvariants: [{label: no name}]\ndata: {}\n")
     with pytest.raises(SystemExit, match="malformed pipeline config"):
         PipelineConfig.load(path)
+    path.write_text("work_dir: x\nvariants: [\n  - name: a\n")  # not YAML at all
+    with pytest.raises(SystemExit, match=r"(?s)bad\.yaml: not valid YAML .*line 3, column 3"):
+        PipelineConfig.load(path)
 
 
 def test_tool_is_the_same_command_line(config, capsys):
