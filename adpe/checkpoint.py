@@ -295,6 +295,8 @@ def _read_local(local: Path, shown: str | os.PathLike, map_location="cpu", suffi
                 return torch.load(local, map_location=map_location, weights_only=True)  # legacy (non-zip) format
     except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError here, by version
         reason = str(err) or f"{type(err).__name__} (an empty or truncated file)"
+        if isinstance(err, KeyError) or "Unsupported operand" in reason:  # a byte that starts no pickle opcode
+            reason = "not a torch checkpoint: its bytes are no pickle (a text or HTML file, or another format?)"
         raise ValueError(
             f"could not load {shown} with weights_only=True: {reason}\n"
             "If the file is truncated or not a checkpoint, use another copy (a training run keeps the previous "
