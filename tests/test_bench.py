@@ -62,16 +62,13 @@ def test_backbone_benchmark_reference_rows_count_the_same_work_as_ours(ours, ref
     assert flops[ours] == pytest.approx(flops[reference], rel=0.01)
 
 
-@pytest.mark.parametrize("native", [False, True])
-def test_pretrain_benchmark_does_not_run_bf16_where_it_is_emulated(monkeypatch, capsys, native):
-    """On a CPU without native bf16 (adpe.env.native_bf16, --amp's rule) the bf16 row reads EMULATED: no worker
-    runs it, no bf16 peak is measured, and the run still succeeds."""
-    tool = load_tool("benchmark_pretrain")
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+@pytest.fixture
+def fake_runs(monkeypatch):
+    """Workers and peak measurements replaced by fakes: yields (launched identities, dtypes whose peak was asked)."""
     launched, peaks_for = [], []
 
     def fake_worker(script, options, args, identity):
-        launched.append(identity["dtype"])
+        launched.append(identity)
         return {**identity, "seconds_per_step": 2.0, "step_times_s": [2.0], "final_loss": 1.0, "peak_rss_gib": 0.1,
                 "peak_cuda_gib": None, "parameters": 1, "threads": 1, "flop_per_step": 1e9}
 
@@ -81,33 +78,31 @@ def test_pretrain_benchmark_does_not_run_bf16_where_it_is_emulated(monkeypatch, 
 
     monkeypatch.setattr(bench, "launch_worker", fake_worker)
     monkeypatch.setattr(bench, "hardware_peaks", fake_peaks)
+    return launched, peaks_for
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_pretrain_benchmark_does_not_run_bf16_where_it_is_emulated(monkeypatch, capsys, fake_runs, native):
+    """On a CPU without native bf16 (adpe.env.native_bf16, --amp's rule) the bf16 row reads EMULATED: no worker
+    runs it, no bf16 peak is measured, and the run still succeeds."""
+    tool = load_tool("benchmark_pretrain")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    launched, peaks_for = fake_runs
     args = tool.parse_args(["--variants", "mae_plus_ape", "--size", "tiny", "--device", "cpu"])
     assert tool.run_all(args) == 0
     expected = ["fp32", "bf16"] if native else ["fp32"]
-    assert launched == expected and peaks_for == expected
+    assert [identity["dtype"] for identity in launched] == expected and peaks_for == expected
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mae_plus_ape  bf16"))
     assert ("EMULATED" in row) is not native and ("bf16 is emulated" in row) is not native
 
 
-def test_backbone_benchmark_does_not_run_bf16_where_it_is_emulated(monkeypatch, capsys):
+def test_backbone_benchmark_does_not_run_bf16_where_it_is_emulated(monkeypatch, capsys, fake_runs):
     """The same rule in tools/benchmark_backbone.py: every bf16 row reads EMULATED, only fp32 runs."""
     tool = load_tool("benchmark_backbone")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    launched, peaks_for = [], []
-
-    def fake_worker(script, options, args, identity):
-        launched.append((identity["config"], identity["dtype"]))
-        return {**identity, "seconds_per_step": 2.0, "step_times_s": [2.0], "peak_rss_gib": 0.1,
-                "peak_cuda_gib": None, "parameters": 1, "threads": 1, "flop_per_step": 1e9}
-
-    def fake_peaks(device, name, dtypes):
-        peaks_for.extend(dtypes)
-        return {dtype: {"matmul": 1.0} for dtype in dtypes}
-
-    monkeypatch.setattr(bench, "launch_worker", fake_worker)
-    monkeypatch.setattr(bench, "hardware_peaks", fake_peaks)
+    launched, peaks_for = fake_runs
     args = tool.parse_args(["--size", "tiny", "--device", "cpu", "--only", "seg"])
     assert tool.run_all(args) == 0
-    assert launched and {dtype for _, dtype in launched} == {"fp32"} and peaks_for == ["fp32"]
+    assert launched and {identity["dtype"] for identity in launched} == {"fp32"} and peaks_for == ["fp32"]
     rows = [line for line in capsys.readouterr().out.splitlines() if "  bf16  " in line]
     assert rows and all("EMULATED" in row for row in rows)
