@@ -281,13 +281,36 @@ class ViTBackbone(nn.Module):
             inputs[(h, w)] = self._lookups[key]
         return inputs
 
+    def _fit_input(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """-> (the input the blocks see, the (h, w) patches that cover the given input).
+
+        Seg mode takes any H x W: the input is zero-padded at the bottom / right to whole patches (as mmseg's ViT
+        patch embedding, ``padding='corner'``), and a learned 'bias' backbone's input to at least the grid its
+        table was built for. Zero is the mean pixel after normalisation, the value mmseg pads training crops with
+        (``SegDataPreProcessor(size=crop_size)``). An input of whole patches (for 'bias', at least that grid) passes
+        unchanged; 'bias' inputs larger than the grid are refused by ``RelPosBias``. (The benchmark configs pad test
+        images to the crop before slide inference, so that every window is a full crop; this covers whole-image
+        inference and other callers.) Other modes need multiples of the patch size.
+        """
+        p, (height, width) = self.patch_size, x.shape[-2:]
+        covered = (-(-height // p), -(-width // p))
+        if self.mode != "seg":
+            if height % p or width % p:
+                raise ValueError(f"input {height}x{width} is not a multiple of the patch size {p}")
+            return x, covered
+        grid = covered
+        if self.rel_pos == "bias":  # RelPosBias holds one entry per offset of its own grid
+            grid = (max(grid[0], self.grid[0]), max(grid[1], self.grid[1]))
+        if (grid[0] * p, grid[1] * p) != (height, width):
+            x = nn.functional.pad(x, (0, grid[1] * p - width, 0, grid[0] * p - height))
+        return x, covered
+
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        """x: (B, C, H, W) with H, W multiples of the patch size -> maps (B, D, H/p, W/p), one per output; in cls
-        mode the one pooled feature (B, D)."""
-        b, _, height, width = x.shape
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(f"input {height}x{width} is not a multiple of the patch size {self.patch_size}")
-        grid = (height // self.patch_size, width // self.patch_size)
+        """x: (B, C, H, W) -> maps (B, D, ceil(H/p), ceil(W/p)), one per output; in cls mode the one pooled feature
+        (B, D). H and W are multiples of the patch size, except in seg mode (``_fit_input``)."""
+        b = x.shape[0]
+        x, covered = self._fit_input(x)
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         pos = self._positions(grid)
         x = self.patch_embed(x) + pos[:, 1:]
         if self.class_token:
@@ -302,7 +325,8 @@ class ViTBackbone(nn.Module):
             else:
                 x = block(x, rel_pos, grid)
             if index in self.out_indices:
-                outputs.append(self._output(x, index, grid))
+                out = self._output(x, index, grid)
+                outputs.append(out if covered == grid else out[..., :covered[0], :covered[1]])
         return tuple(outputs)
 
     def _output(self, x: Tensor, index: int, grid: tuple[int, int]) -> Tensor:

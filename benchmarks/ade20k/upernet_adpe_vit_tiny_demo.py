@@ -7,8 +7,10 @@ data_root = 'data/demo/ade20k'
 effective_batch = None
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 crop_size = (128, 128)
+# Top-level too: mmengine's Runner gives this one to the --tta model (SegTTAModel replaces its module's with it).
+data_preprocessor = dict(size=crop_size, test_cfg=dict(size=crop_size))
 model = dict(
-    data_preprocessor=dict(size=crop_size),
+    data_preprocessor=data_preprocessor,
     backbone=dict(size='tiny', img_size=crop_size, out_indices=(0, 1, 2, 3), drop_path_rate=0.0),
     neck=dict(embed_dim=192),
     decode_head=dict(in_channels=[192, 192, 192, 192], channels=64),
@@ -33,12 +35,13 @@ train_dataloader = dict(batch_size=8, num_workers=2,
                         dataset=dict(data_root=data_root, pipeline=train_pipeline))
 val_dataloader = dict(batch_size=1, num_workers=1, dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-# --tta: the ViT-B recipe's multi-scale + flip around this test scale (256, 128)
-tta_scales = [(int(256 * r), int(128 * r)) for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)]
+# --tta: the ViT-B recipe's multi-scale + flip (the release's min_size rule) around this test scale (256, 128): short
+# sides max(int(128 r), 128) = 128, 128, 128, 160, 192, 224, long sides uncapped, each view also flipped
 tta_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='TestTimeAug', transforms=[
-        [dict(type='Resize', scale=scale, keep_ratio=True) for scale in tta_scales],
+        [dict(type='ResizeShortestEdge', scale=max(int(128 * r), 128), max_size=1 << 30)
+         for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)],
         [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
          dict(type='RandomFlip', prob=1.0, direction='horizontal')],
         [dict(type='CheckedLoadAnnotations')],

@@ -19,7 +19,11 @@ effective_batch = 16
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 crop_size = (512, 512)
-data_preprocessor = dict(size=crop_size)
+# test_cfg: a test image (or ms view) smaller than the crop is zero-padded at the bottom / right to the crop after
+# normalisation, as training pads its crops (size=crop_size), and the padding is cut off its logits (mmseg's
+# SegDataPreProcessor, BaseSegmentor.postprocess_result): slide inference then gets whole 512^2 windows. Only
+# single-scale panoramas wider than 2048:512 need it (docs/method.md, "Recipes and their sources").
+data_preprocessor = dict(size=crop_size, test_cfg=dict(size=crop_size))
 model = dict(
     data_preprocessor=data_preprocessor,
     pretrained=None,
@@ -79,14 +83,22 @@ test_pipeline = [
 train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-# tools/test.py --tta: the release's multi-scale + flip protocol (mmseg 0.x's MultiScaleFlipAug): the test scale
-# (2048, 512) x 0.5 ... 1.75, each also flipped, merged by mmseg's SegTTAModel (tta_model of default_runtime).
-# (mmseg 1.x's ade20k tta_pipeline resizes the original image by those ratios instead, ignoring the test scale.)
-tta_scales = [(int(2048 * r), int(512 * r)) for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)]
+# tools/test.py --tta: the release's multi-scale + flip protocol, mmseg 0.x's
+# upernet_mae-base_fp16_512x512_160k_ade20k_ms.py: MultiScaleFlipAug(img_scale=(2048, 512), img_ratios=[0.5, 0.75,
+# 1.0, 1.25, 1.5, 1.75], flip=True) around Resize(keep_ratio=True, min_size=512). MultiScaleFlipAug gives ratio r
+# the scale (int(2048 r), int(512 r)); Resize._resize_img's min_size branch then resizes the image to the short side
+# max(int(512 r), 512), its long side following the aspect ratio with no cap (mmseg 0.x
+# mmseg/datasets/pipelines/transforms.py, Resize._resize_img, `if self.min_size is not None`; mmcv.imrescale). So
+# the short sides are 512, 512, 512, 640, 768, 896: ratios 0.5 and 0.75 are tested at 512, like 1.0. mmseg 1.x's
+# ResizeShortestEdge with an unreachable max_size computes those sizes (tests/test_ade20k_shapes_mm.py checks them
+# against the 0.x rule); mmseg 1.x's own _ms config lacks min_size (a TODO). Each view is also flipped and mmseg's
+# SegTTAModel (tta_model of default_runtime) averages the 12 softmax maps at the image's size, as 0.x's aug_test.
+# The unflipped ratio-1.0 view is the single-scale test, except for panoramas wider than 4:1 (no 2048 cap here).
+tta_ratios = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 tta_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='TestTimeAug', transforms=[
-        [dict(type='Resize', scale=scale, keep_ratio=True) for scale in tta_scales],
+        [dict(type='ResizeShortestEdge', scale=max(int(512 * r), 512), max_size=1 << 30) for r in tta_ratios],
         [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
          dict(type='RandomFlip', prob=1.0, direction='horizontal')],
         [dict(type='CheckedLoadAnnotations')],
