@@ -360,8 +360,8 @@ def test_resume_scales_only_the_groups_whose_lr_changed():
 
     from adpe.mm.hooks import scale_resumed_lr
 
-    runner = SimpleNamespace(optim_wrapper=SimpleNamespace(param_groups=[
-        {"lr": 1e-4, "initial_lr": 1e-4}, {"lr": 6.5e-5, "initial_lr": 6.5e-5}, {"lr": 1.5e-4, "initial_lr": 1.5e-4}]))
+    groups = [{"lr": lr, "initial_lr": lr} for lr in (1e-4, 6.5e-5, 1.5e-4)]  # this run's optimiser
+    runner = SimpleNamespace(optim_wrapper=SimpleNamespace(state_dict=lambda: {"state": {}, "param_groups": groups}))
     checkpoint = {
         "optimizer": {"state": {}, "param_groups": [
             {"lr": 5e-2, "initial_lr": 1e-1}, {"lr": 3.25e-2, "initial_lr": 6.5e-2},

@@ -72,13 +72,13 @@ def non_finite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     return [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
 
 
-def _optimizer_tensors(optim_wrapper) -> Iterator[tuple[str, torch.Tensor]]:
-    """('optimizer.<group>.<state>', tensor) for every tensor of the optimiser state (one or several wrappers)."""
-    wrappers = getattr(optim_wrapper, "optim_wrappers", None) or {"": optim_wrapper}
-    for prefix, wrapper in wrappers.items():
-        optimizer = getattr(wrapper, "optimizer", None)
-        for index, state in enumerate(getattr(optimizer, "state", {}).values()):
-            for key, value in state.items():
+def optimizer_state_tensors(state: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    """('optimizer.[<name>.]<param index>.<state>', tensor) of an optimiser state dict: one wrapper's, or several
+    by name (mmengine's OptimWrapperDict); live (``optim_wrapper.state_dict()``, no copy) or from a checkpoint."""
+    states = {"": state} if "state" in state else {k: v for k, v in state.items() if isinstance(v, dict)}
+    for prefix, one in states.items():
+        for index, per_param in one.get("state", {}).items():
+            for key, value in per_param.items():
                 if isinstance(value, torch.Tensor):
                     yield f"optimizer{'.' + prefix if prefix else ''}.{index}.{key}", value
 
@@ -165,10 +165,8 @@ class SafeCheckpointHook(CheckpointHook):
     def _non_finite_in(path: str | os.PathLike) -> list[str]:
         """Non-finite weights and optimiser states of the checkpoint file (memory-mapped: no copy in memory)."""
         ckpt = load_checkpoint_file(path, mmap=True)
-        state = ckpt.get("state_dict", {})
-        optimizer = ckpt.get("optimizer", {}).get("state", {})
-        return non_finite_tensors([*state.items(), *((f"optimizer.{i}.{k}", v) for i, s in optimizer.items()
-                                                     for k, v in s.items() if isinstance(v, torch.Tensor))])
+        return non_finite_tensors([*ckpt.get("state_dict", {}).items(),
+                                   *optimizer_state_tensors(ckpt.get("optimizer", {}))])
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if runner._resume and "optimizer" in checkpoint:
@@ -178,7 +176,7 @@ class SafeCheckpointHook(CheckpointHook):
     def _save_checkpoint_with_step(self, runner, step, meta):
         bad = non_finite_tensors([*bare_model(runner.model).named_parameters(),
                                   *bare_model(runner.model).named_buffers(),
-                                  *_optimizer_tensors(runner.optim_wrapper)])
+                                  *optimizer_state_tensors(runner.optim_wrapper.state_dict())])
         if bad:
             last = newest_checkpoint(runner.work_dir)
             raise FloatingPointError(
@@ -230,8 +228,8 @@ def scale_resumed_lr(runner, checkpoint: dict) -> None:
     Warm-up factors, cosine shapes and step milestones are relative and carry over; an absolute ``eta_min`` stays
     as configured.
     """
-    current = [group.get("initial_lr", group["lr"]) for group in _param_groups(runner.optim_wrapper)]
-    saved = _saved_param_groups(checkpoint["optimizer"])
+    current = [group.get("initial_lr", group["lr"]) for group in param_groups(runner.optim_wrapper.state_dict())]
+    saved = param_groups(checkpoint["optimizer"])
     if len(saved) != len(current):
         return  # another model or grouping: mmengine's own load_state_dict reports it
     ratios = [new / old.get("initial_lr", old["lr"]) if old.get("initial_lr", old["lr"]) else 1.0
@@ -254,16 +252,8 @@ def scale_resumed_lr(runner, checkpoint: dict) -> None:
               "on", logger="current")
 
 
-def _param_groups(optim_wrapper) -> list[dict]:
-    """The parameter groups of one optimiser wrapper, or of several in name order (mmengine's OptimWrapperDict)."""
-    wrappers = getattr(optim_wrapper, "optim_wrappers", None)
-    if wrappers:
-        return [group for name in sorted(wrappers) for group in wrappers[name].param_groups]
-    return list(optim_wrapper.param_groups)
-
-
-def _saved_param_groups(state: dict) -> list[dict]:
-    """The same groups in a checkpoint's optimiser state, in the same order."""
+def param_groups(state: dict) -> list[dict]:
+    """The parameter groups of an optimiser state dict (live or saved), several wrappers' in name order."""
     if "param_groups" in state:
         return state["param_groups"]
     return [group for name in sorted(state) if isinstance(state[name], dict)
