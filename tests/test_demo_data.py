@@ -13,9 +13,10 @@ from PIL import Image
 
 from adpe.demo import data as dd
 
-SMALL_IMAGENET = dict(n_per_class=2, n_val_per_class=1, size=48)
-SMALL_ADE = dict(n_train=16, n_val=4, size=64)
-SMALL_COCO = dict(n_train=8, n_val=4, size=64)
+# Short sides drawn in [low, high], aspect ratios from dd.ASPECT_RATIOS (the demo's real-shape mode).
+SMALL_IMAGENET = dict(n_per_class=2, n_val_per_class=1, size=[40, 56])
+SMALL_ADE = dict(n_train=16, n_val=4, size=[48, 80])
+SMALL_COCO = dict(n_train=8, n_val=4, size=[48, 80])
 
 
 def _tree_hash(root: Path) -> str:
@@ -155,7 +156,8 @@ def test_imagenet_layout(tmp_path):
             files = sorted((root / split / name).iterdir())
             assert len(files) == n and all(f.suffix == ".JPEG" for f in files)
             with Image.open(files[0]) as im:
-                assert im.format == "JPEG" and im.size == (48, 48) and im.mode == "RGB"
+                assert im.format == "JPEG" and im.mode == "RGB"
+                assert 40 <= min(im.size) <= 56
 
 
 def test_ade20k_layout_and_labels(tmp_path):
@@ -171,7 +173,7 @@ def test_ade20k_layout_and_labels(tmp_path):
         for img_path, ann_path in zip(imgs, anns, strict=True):
             with Image.open(img_path) as im, Image.open(ann_path) as an:
                 assert im.format == "JPEG" and an.format == "PNG" and an.mode == "L"
-                assert im.size == an.size == (64, 64)
+                assert im.size == an.size and 48 <= min(im.size) <= 80
                 label = np.asarray(an)
             assert label.max() <= 150
             values |= set(np.unique(label).tolist())
@@ -188,8 +190,8 @@ def test_coco_json_structure(tmp_path):
         assert len(doc["images"]) == n
         assert doc["categories"] == dd.coco_categories()
         for img in doc["images"]:
-            assert (root / split / img["file_name"]).is_file()
-            assert img["height"] == img["width"] == 64
+            with Image.open(root / split / img["file_name"]) as im:
+                assert im.size == (img["width"], img["height"])
             assert img["id"] not in ids
             ids.add(img["id"])
         image_ids = {img["id"] for img in doc["images"]}
@@ -199,6 +201,39 @@ def test_coco_json_structure(tmp_path):
             assert 1 <= ann["category_id"] <= len(dd.CLASSES)
             assert ann["area"] >= 30 and len(ann["bbox"]) == 4
             assert all(len(p) >= 6 and len(p) % 2 == 0 for p in ann["segmentation"])
+
+
+def test_image_shapes_follow_the_datasets_aspect_ratios():
+    """Real-shape mode: short sides cover the range, every ratio of the table occurs (ADE20K's 4.1:1 panorama and
+    its 300 x 260 shape included) in proportion to its weight; an int size gives squares and draws nothing."""
+    for dataset, table in dd.ASPECT_RATIOS.items():
+        rng = np.random.default_rng(1)
+        shapes = [dd._image_shape(rng, [96, 160], dataset) for _ in range(4000)]
+        assert {min(s) for s in shapes} == set(range(96, 161))
+        ratios = np.array([w / h for h, w in shapes])
+        weights = np.array([wt for _, wt in table]) / sum(wt for _, wt in table)
+        for (ratio, _), weight in zip(table, weights, strict=True):
+            share = np.mean(np.abs(ratios - ratio) < 0.02)
+            assert abs(share - weight) < 0.03, (dataset, ratio, share, weight)
+    panorama = [r for r, _ in dd.ASPECT_RATIOS["ade20k"] if r > 4]
+    assert panorama and abs(panorama[0] - 2100 / 512) < 1e-9
+    rng = np.random.default_rng(0)
+    assert dd._image_shape(rng, 64, "coco") == (64, 64)
+    assert rng.random() == np.random.default_rng(0).random()
+
+
+def test_render_scene_any_shape():
+    """Wide and tall scenes: masks of the image's shape, objects sized by the short side, more of them on a
+    panorama than a square holds."""
+    for shape in ((52, 213), (140, 96)):
+        counts = []
+        for seed in range(10):
+            img, instances = dd.render_scene(np.random.default_rng(seed), shape, 5)
+            assert img.shape == (*shape, 3)
+            assert all(inst["mask"].shape == shape for inst in instances)
+            counts.append(len(instances))
+        if shape[1] > 3 * shape[0]:
+            assert max(counts) > 5
 
 
 # ------------------------------------------------------------------------------------------ pycocotools / mm
@@ -255,7 +290,7 @@ def test_coco_loads_with_pycocotools(tmp_path):
         rng = dd._rng(0, 2, split_id)
         for img_id in sorted(coco.getImgIds()):
             info = coco.loadImgs(img_id)[0]
-            _, instances = dd.render_scene(rng, SMALL_COCO["size"], 5)
+            _, instances = dd.render_scene(rng, dd._image_shape(rng, SMALL_COCO["size"], "coco"), 5)
             anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
             assert len(anns) == len(instances)
             for ann, inst in zip(anns, instances, strict=True):
@@ -346,7 +381,7 @@ def test_imagenet_classes_are_not_told_apart_by_colour(tmp_path):
     x, y = [], []
     for cid in range(len(dd.CLASSES)):
         for _ in range(24):
-            img, _ = dd._compose(rng, 48, [(cid, 24.0, 24.0, 16.0, 0.0)], class_appearance=True)
+            img, _ = dd._compose(rng, (48, 48), [(cid, 24.0, 24.0, 16.0, 0.0)], class_appearance=True)
             x.append(_colour_histogram(img))
             y.append(cid)
     x, y = np.stack(x), np.array(y)

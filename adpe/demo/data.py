@@ -1,7 +1,10 @@
 """Deterministic synthetic stand-ins for ImageNet, ADE20K and COCO, written in the real on-disk formats.
 
 Every image is a random background (smooth colour gradient, low-frequency blotches, optional stripes and
-pixel noise) with one or more filled polygons on top. Each of the :data:`CLASSES` is a shape.
+pixel noise) with one or more filled polygons on top. Each of the :data:`CLASSES` is a shape. The demo's images
+come in the sizes and aspect ratios of the real sets (:data:`ASPECT_RATIOS`: ADE20K's panoramas and images smaller
+than the crop, COCO's portrait and landscape frames, non-square ImageNet photos), so the demo runs the resizing,
+padding and sliding-window code paths that real data takes; tests may ask for squares.
 
 * In the ADE20K and COCO sets each class also has its own appearance (a hue family plus a pattern: dots,
   checker, stripes, ...), so a tiny ViT can learn to segment and detect them in minutes on a CPU.
@@ -75,14 +78,24 @@ ADE_BACKGROUND: int = 1
 MARKER: str = ".complete"
 
 #: Bump when the generated content changes, so old folders are regenerated instead of reused.
-GENERATOR_VERSION: int = 2
+GENERATOR_VERSION: int = 3
 
-#: Dataset sizes of :func:`write_all`, per scale.
-SCALES: dict[str, dict[str, dict[str, int]]] = {
+#: Image aspect ratios (width / height) and their weights, per dataset: the ratios real images of that kind come
+#: in, not measured frequencies. ADE20K's include the shapes that broke multi-scale testing before: 683 x 512
+#: (4:3), 512 x 683 (3:4), the 2100 x 512 panorama (4.1:1) and a 300 x 260 image smaller than the crop (1.15:1).
+ASPECT_RATIOS: dict[str, tuple[tuple[float, float], ...]] = {
+    "imagenet": ((4 / 3, 0.5), (3 / 4, 0.15), (1.0, 0.15), (3 / 2, 0.1), (2 / 3, 0.05), (16 / 9, 0.05)),
+    "ade20k": ((4 / 3, 0.55), (3 / 4, 0.15), (1.0, 0.05), (3 / 2, 0.1), (300 / 260, 0.05), (2100 / 512, 0.1)),
+    "coco": ((4 / 3, 0.5), (3 / 4, 0.2), (3 / 2, 0.15), (2 / 3, 0.05), (1.0, 0.05), (16 / 9, 0.05)),
+}
+
+#: Dataset sizes of :func:`write_all`, per scale. ``size``: the side of square images, or a ``[low, high]`` range
+#: of short sides for images in the dataset's :data:`ASPECT_RATIOS`.
+SCALES: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
-        "imagenet": {"n_per_class": 32, "n_val_per_class": 40, "size": 128},
-        "ade20k": {"n_train": 160, "n_val": 32, "size": 128},
-        "coco": {"n_train": 160, "n_val": 32, "size": 128},
+        "imagenet": {"n_per_class": 32, "n_val_per_class": 40, "size": [112, 160]},
+        "ade20k": {"n_train": 160, "n_val": 32, "size": [96, 160]},
+        "coco": {"n_train": 160, "n_val": 32, "size": [96, 160]},
     },
     "tiny": {
         "imagenet": {"n_per_class": 3, "n_val_per_class": 2, "size": 64},
@@ -154,9 +167,9 @@ def _place(unit: np.ndarray, cx: float, cy: float, radius: float, angle: float) 
     return unit @ rot.T * radius + np.array([cx, cy])
 
 
-def _fill(poly: np.ndarray, size: int) -> np.ndarray:
-    """Rasterise a float polygon (pixel xy, pixel centres at integers) into a bool mask."""
-    mask = np.zeros((size, size), np.uint8)
+def _fill(poly: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Rasterise a float polygon (pixel xy, pixel centres at integers) into a bool mask of ``shape`` (H, W)."""
+    mask = np.zeros(shape, np.uint8)
     pts = np.round(poly * (1 << _FILL_SHIFT)).astype(np.int32)
     cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=_FILL_SHIFT)
     return mask.astype(bool)
@@ -169,16 +182,18 @@ def _hsv(h_deg: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb((h_deg % 360.0) / 360.0, s, v)) * 255.0
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A float HxWx3 background: gradient + blotches + optional stripes + noise (muted colours)."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+def _background(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A float HxWx3 background of ``shape`` (H, W): gradient + blotches + optional stripes + noise (muted
+    colours)."""
+    height, width = shape
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64) / max(shape)
     c0 = _hsv(rng.uniform(0, 360), rng.uniform(0.0, 0.45), rng.uniform(0.3, 0.9))
     c1 = _hsv(rng.uniform(0, 360), rng.uniform(0.0, 0.45), rng.uniform(0.3, 0.9))
     th = rng.uniform(0, 2 * math.pi)
     t = xx * math.cos(th) + yy * math.sin(th)
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     img = c0 * (1 - t[..., None]) + c1 * t[..., None]
-    blot = cv2.resize(rng.normal(0.0, 1.0, (4, 4, 3)), (size, size), interpolation=cv2.INTER_CUBIC)
+    blot = cv2.resize(rng.normal(0.0, 1.0, (4, 4, 3)), (width, height), interpolation=cv2.INTER_CUBIC)
     img += blot * rng.uniform(5, 20)
     if rng.random() < 0.6:
         phi = rng.uniform(0, math.pi)
@@ -236,7 +251,7 @@ def _paint(img: np.ndarray, mask: np.ndarray, class_id: int, cx: float, cy: floa
     sat, val = rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0)
     col_a = _hsv(hue, sat, val)
     col_b = _hsv(hue + rng.uniform(-8, 8), sat * rng.uniform(0.35, 0.7), val * rng.uniform(0.35, 0.55))
-    period = max(3.0, img.shape[0] / 128.0 * rng.uniform(6.0, 10.0))
+    period = max(3.0, min(img.shape[:2]) / 128.0 * rng.uniform(6.0, 10.0))
     p = _pattern(pattern, u, v, radius, period, rng)[..., None]
     tex = col_a * (1 - p) + col_b * p
     shade = 1.0 + 0.12 * (u / max(radius, 1.0))  # a little directional lighting
@@ -248,39 +263,58 @@ def _paint(img: np.ndarray, mask: np.ndarray, class_id: int, cx: float, cy: floa
 # --------------------------------------------------------------------------------------------- scenes
 
 
-def _compose(rng: np.random.Generator, size: int, specs: Sequence[tuple[int, float, float, float, float]],
+def _compose(rng: np.random.Generator, shape: tuple[int, int],
+             specs: Sequence[tuple[int, float, float, float, float]],
              class_appearance: bool = True) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Draw ``specs`` = (class_id, cx, cy, radius, angle) in order on a fresh background (``_paint``'s
-    ``class_appearance``).
+    """Draw ``specs`` = (class_id, cx, cy, radius, angle) in order on a fresh background of ``shape`` (H, W)
+    (``_paint``'s ``class_appearance``).
 
     Returns the uint8 image and, for every spec (none dropped), ``class_id``, ``polygon``, the full
     ``shape_mask`` and the visible ``mask``.
     """
-    img = _background(rng, size)
+    img = _background(rng, shape)
     objs: list[dict[str, Any]] = []
     for class_id, cx, cy, radius, angle in specs:
         poly = _place(_unit_shape(class_id, rng), cx, cy, radius, angle)
-        shape_mask = _fill(poly, size)
+        shape_mask = _fill(poly, shape)
         _paint(img, shape_mask, class_id, cx, cy, radius, angle, rng, class_appearance)
         objs.append({"class_id": int(class_id), "polygon": poly, "shape_mask": shape_mask})
-    covered = np.zeros((size, size), bool)
+    covered = np.zeros(shape, bool)
     for obj in reversed(objs):  # visible part = own shape minus everything drawn later
         obj["mask"] = obj["shape_mask"] & ~covered
         covered |= obj["shape_mask"]
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), objs
 
 
-def _random_specs(rng: np.random.Generator, size: int, max_objects: int,
+def _random_specs(rng: np.random.Generator, shape: tuple[int, int], max_objects: int,
                   classes: Sequence[int] | None = None) -> list[tuple[int, float, float, float, float]]:
-    n = int(rng.integers(1, max_objects + 1))
+    """1..n objects sized by the short side of ``shape`` (H, W); n = ``max_objects`` per square of that side, so
+    a panorama holds as many objects per area as a square image."""
+    height, width = shape
+    short = min(shape)
+    n = int(rng.integers(1, max_objects * max(1, round(max(shape) / short)) + 1))
     pool = range(len(CLASSES)) if classes is None else classes
     specs = []
     for _ in range(n):
         cid = int(rng.choice(list(pool)))
-        radius = size * rng.uniform(0.11, 0.26)
-        lo, hi = 0.6 * radius, size - 0.6 * radius
-        specs.append((cid, rng.uniform(lo, hi), rng.uniform(lo, hi), radius, rng.uniform(0, 2 * math.pi)))
+        radius = short * rng.uniform(0.11, 0.26)
+        cx = rng.uniform(0.6 * radius, width - 0.6 * radius)
+        cy = rng.uniform(0.6 * radius, height - 0.6 * radius)
+        specs.append((cid, cx, cy, radius, rng.uniform(0, 2 * math.pi)))
     return specs
+
+
+def _image_shape(rng: np.random.Generator, size: int | Sequence[int], dataset: str) -> tuple[int, int]:
+    """(H, W) of the next image: ``size`` x ``size`` for an int; for a ``[low, high]`` range, a short side drawn in
+    it and an aspect ratio drawn from ``ASPECT_RATIOS[dataset]``."""
+    if isinstance(size, int):
+        return size, size
+    low, high = size
+    short = int(rng.integers(low, high + 1))
+    ratios, weights = zip(*ASPECT_RATIOS[dataset], strict=True)
+    ratio = float(rng.choice(ratios, p=np.asarray(weights) / sum(weights)))
+    long = round(short * max(ratio, 1 / ratio))
+    return (short, long) if ratio >= 1 else (long, short)
 
 
 def _public(objs: list[dict[str, Any]], min_area: int) -> list[dict[str, Any]]:
@@ -288,34 +322,39 @@ def _public(objs: list[dict[str, Any]], min_area: int) -> list[dict[str, Any]]:
             for o in objs if int(o["mask"].sum()) >= min_area]
 
 
-def render_scene(rng: np.random.Generator, size: int, max_objects: int,
+def render_scene(rng: np.random.Generator, size: int | tuple[int, int], max_objects: int,
                  min_area: int = _MIN_AREA) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Draw 1..``max_objects`` random objects on a random background.
+    """Draw 1..``max_objects`` random objects (per square of the short side) on a random background.
 
-    Returns ``(image, instances)``: a uint8 ``size x size x 3`` RGB image and, in drawing order, one dict
-    per instance with ``class_id`` (int), ``polygon`` (N x 2 float array, pixel xy with pixel centres at
-    integers; the full shape, possibly partly outside the image) and ``mask`` (``size x size`` bool, the
-    *visible* part). Instances with fewer than ``min_area`` visible pixels are dropped (their pixels stay
-    in the image).
+    ``size``: the side of a square image, or its (H, W). Returns ``(image, instances)``: a uint8 H x W x 3 RGB
+    image and, in drawing order, one dict per instance with ``class_id`` (int), ``polygon`` (N x 2 float array,
+    pixel xy with pixel centres at integers; the full shape, possibly partly outside the image) and ``mask``
+    (H x W bool, the *visible* part). Instances with fewer than ``min_area`` visible pixels are dropped (their
+    pixels stay in the image).
     """
-    img, objs = _compose(rng, size, _random_specs(rng, size, max_objects))
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    img, objs = _compose(rng, shape, _random_specs(rng, shape, max_objects))
     return img, _public(objs, min_area)
 
 
-def _imagenet_scene(rng: np.random.Generator, size: int, class_id: int, class_appearance: bool = False
-                    ) -> np.ndarray:
-    """One dominant, fully visible object of ``class_id`` over 0-3 small clutter objects, every object in a hue
-    and pattern drawn independently of its class (or in its class colours: ``class_appearance``)."""
+def _imagenet_scene(rng: np.random.Generator, shape: tuple[int, int], class_id: int,
+                    class_appearance: bool = False) -> np.ndarray:
+    """One dominant, fully visible object of ``class_id`` near the centre of an image of ``shape`` (H, W), over
+    0-3 small clutter objects, every object in a hue and pattern drawn independently of its class (or in its
+    class colours: ``class_appearance``). Objects are sized by the short side, so a centre crop keeps the
+    dominant one."""
+    height, width = shape
+    short = min(shape)
     others = [c for c in range(len(CLASSES)) if c != class_id]
     specs = []
     for _ in range(int(rng.integers(0, 4))):
-        r = size * rng.uniform(0.07, 0.14)
-        specs.append((int(rng.choice(others)), rng.uniform(r, size - r), rng.uniform(r, size - r), r,
+        r = short * rng.uniform(0.07, 0.14)
+        specs.append((int(rng.choice(others)), rng.uniform(r, width - r), rng.uniform(r, height - r), r,
                       rng.uniform(0, 2 * math.pi)))
-    r = size * rng.uniform(0.28, 0.42)
-    cx, cy = size / 2 + rng.uniform(-0.12, 0.12, 2) * size
+    r = short * rng.uniform(0.28, 0.42)
+    cx, cy = np.array([width, height]) / 2 + rng.uniform(-0.12, 0.12, 2) * short
     specs.append((class_id, cx, cy, r, rng.uniform(0, 2 * math.pi)))
-    return _compose(rng, size, specs, class_appearance)[0]
+    return _compose(rng, shape, specs, class_appearance)[0]
 
 
 # --------------------------------------------------------------------------------------------- labels
@@ -401,6 +440,11 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, *keys])
 
 
+def _jsonable(size: int | Sequence[int]) -> int | list[int]:
+    """``size`` as the marker file stores it (a range read back from JSON is a list)."""
+    return size if isinstance(size, int) else [int(v) for v in size]
+
+
 def _read_marker(root: Path) -> dict[str, Any] | None:
     try:
         return json.loads((root / MARKER).read_text())
@@ -444,16 +488,18 @@ def _materialise(root: str | os.PathLike[str], params: dict[str, Any], force: bo
     return root
 
 
-def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 32, size: int = 128, seed: int = 0,
-                   n_val_per_class: int = 40, force: bool = False, class_appearance: bool = False) -> Path:
+def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 32, size: int | Sequence[int] = 128,
+                   seed: int = 0, n_val_per_class: int = 40, force: bool = False,
+                   class_appearance: bool = False) -> Path:
     """Write ``root/{train,val}/<class>/<i>.JPEG`` (``n_per_class`` / ``n_val_per_class`` per class).
 
     Each image shows one large object of its class over a few small objects of other classes; hues and patterns
     do not depend on the class, unless ``class_appearance`` (each class in its own colours and pattern, an easy
-    task for quick mechanical checks). Returns ``root``.
+    task for quick mechanical checks). ``size``: square side, or a ``[low, high]`` short-side range (shapes as in
+    :func:`_image_shape`). Returns ``root``.
     """
     params = {"dataset": "imagenet", "n_per_class": n_per_class, "n_val_per_class": n_val_per_class,
-              "size": size, "seed": seed, "class_appearance": class_appearance}
+              "size": _jsonable(size), "seed": seed, "class_appearance": class_appearance}
 
     def build(out: Path) -> None:
         for split_id, (split, n) in enumerate((("train", n_per_class), ("val", n_val_per_class))):
@@ -462,20 +508,21 @@ def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 32, size: in
                 folder.mkdir(parents=True)
                 rng = _rng(seed, 0, split_id, cid)
                 for i in range(n):
-                    _save_jpeg(_imagenet_scene(rng, size, cid, class_appearance), folder / f"{i:05d}.JPEG")
+                    shape = _image_shape(rng, size, "imagenet")
+                    _save_jpeg(_imagenet_scene(rng, shape, cid, class_appearance), folder / f"{i:05d}.JPEG")
 
     return _materialise(root, params, force, build)
 
 
-def write_ade20k(root: str | os.PathLike[str], n_train: int = 160, n_val: int = 32, size: int = 128,
-                 seed: int = 0, max_objects: int = 5, force: bool = False) -> Path:
+def write_ade20k(root: str | os.PathLike[str], n_train: int = 160, n_val: int = 32,
+                 size: int | Sequence[int] = 128, seed: int = 0, max_objects: int = 5, force: bool = False) -> Path:
     """Write mmseg's ADE20K layout: ``images/{training,validation}/ADE_{train,val}_%08d.jpg`` and the
     single-channel label PNGs under ``annotations/`` with the same basenames.
 
-    Labels: 1 background, ``c + 2`` for class ``c`` (every painted pixel, also of tiny fragments).
-    Returns ``root``.
+    Labels: 1 background, ``c + 2`` for class ``c`` (every painted pixel, also of tiny fragments). ``size``: square
+    side, or a ``[low, high]`` short-side range (shapes as in :func:`_image_shape`). Returns ``root``.
     """
-    params = {"dataset": "ade20k", "n_train": n_train, "n_val": n_val, "size": size, "seed": seed,
+    params = {"dataset": "ade20k", "n_train": n_train, "n_val": n_val, "size": _jsonable(size), "seed": seed,
               "max_objects": max_objects}
 
     def build(out: Path) -> None:
@@ -485,8 +532,9 @@ def write_ade20k(root: str | os.PathLike[str], n_train: int = 160, n_val: int = 
             (out / "annotations" / split).mkdir(parents=True)
             rng = _rng(seed, 1, split_id)
             for i in range(1, n + 1):
-                img, objs = _compose(rng, size, _random_specs(rng, size, max_objects))
-                label = np.full((size, size), ADE_BACKGROUND, np.uint8)
+                shape = _image_shape(rng, size, "ade20k")
+                img, objs = _compose(rng, shape, _random_specs(rng, shape, max_objects))
+                label = np.full(shape, ADE_BACKGROUND, np.uint8)
                 for o in objs:
                     label[o["mask"]] = ade_label(o["class_id"])
                 stem = f"ADE_{tag}_{i:08d}"
@@ -496,14 +544,15 @@ def write_ade20k(root: str | os.PathLike[str], n_train: int = 160, n_val: int = 
     return _materialise(root, params, force, build)
 
 
-def write_coco(root: str | os.PathLike[str], n_train: int = 160, n_val: int = 32, size: int = 128,
+def write_coco(root: str | os.PathLike[str], n_train: int = 160, n_val: int = 32, size: int | Sequence[int] = 128,
                seed: int = 0, max_objects: int = 5, force: bool = False) -> Path:
     """Write COCO 2017's layout: ``{train,val}2017/%012d.jpg`` and
     ``annotations/instances_{train,val}2017.json`` (visible-region polygons, see :func:`mask_to_polygons`).
 
-    Image ids: ``1..n_train`` for train, ``1_000_001..`` for val. Returns ``root``.
+    Image ids: ``1..n_train`` for train, ``1_000_001..`` for val. ``size``: square side, or a ``[low, high]``
+    short-side range (shapes as in :func:`_image_shape`). Returns ``root``.
     """
-    params = {"dataset": "coco", "n_train": n_train, "n_val": n_val, "size": size, "seed": seed,
+    params = {"dataset": "coco", "n_train": n_train, "n_val": n_val, "size": _jsonable(size), "seed": seed,
               "max_objects": max_objects}
 
     def build(out: Path) -> None:
@@ -515,10 +564,11 @@ def write_coco(root: str | os.PathLike[str], n_train: int = 160, n_val: int = 32
             images, annotations = [], []
             for i in range(n):
                 image_id = first_id + i
-                img, instances = render_scene(rng, size, max_objects)
+                img, instances = render_scene(rng, _image_shape(rng, size, "coco"), max_objects)
                 file_name = f"{image_id:012d}.jpg"
                 _save_jpeg(img, out / split / file_name)
-                images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
+                images.append({"id": image_id, "file_name": file_name, "height": img.shape[0],
+                               "width": img.shape[1]})
                 for inst in instances:
                     polys = mask_to_polygons(inst["mask"])
                     if not polys:

@@ -1,5 +1,6 @@
 # Tiny UperNet for the demo and tests: tiny ViT (192-d, 4 blocks) on the generated ADE20K-format folder
-# (data/demo/ade20k, 128^2 images, labels in ADE's 150-class space). Same pieces as the ViT-B recipe.
+# (data/demo/ade20k: ADE20K's aspect ratios, panoramas included, short side 96-160; labels in ADE's 150-class
+# space). Same pieces as the ViT-B recipe, at 1/4 of its sizes: crop 128, test short side 128.
 _base_ = ['./upernet_adpe_vitb.py']
 data_root = 'data/demo/ade20k'
 # One process, 8 images per step, no accumulation (the ViT-B recipe's effective batch is not the demo's);

@@ -1,6 +1,7 @@
 # Tiny Mask R-CNN for the demo and tests: tiny ViT (192-d, 4 blocks, windows of 4 with global blocks 1 and 3)
-# on the generated COCO-format folder (data/demo/coco, 128^2 images, polygon masks). The ViT-B recipe's backbone,
-# simple pyramid, RPN and data pipeline, with CPU-sized heads and schedule (about 2 minutes on 2 cores).
+# on the generated COCO-format folder (data/demo/coco: COCO-like aspect ratios, short side 96-160, polygon masks;
+# resized to fit 128^2 and padded to it). The ViT-B recipe's backbone, simple pyramid, RPN and data pipeline, with
+# CPU-sized heads and schedule.
 _base_ = ['./mask_rcnn_adpe_vitb.py']
 data_root = 'data/demo/coco/'
 # One process, 8 images per step, no accumulation (the ViT-B recipe's effective batch is not the demo's);
@@ -9,7 +10,7 @@ effective_batch = None
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 image_size = (128, 128)
 model = dict(
-    data_preprocessor=dict(batch_augments=[dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)]),
+    data_preprocessor=dict(pad_size_divisor=image_size[0]),  # the ViT-B recipe's square padding at this size
     backbone=dict(size='tiny', img_size=image_size, window_size=4, global_blocks=(1, 3), drop_path_rate=0.0),
     # CPU-sized heads. Measured: with the ViT-B recipe's LayerNorm'd pyramid and 4conv1fc head at 64 channels
     # and lr 2e-3, the classifier still called every RoI background after 150 steps on one fixed batch (demo AP
@@ -42,7 +43,6 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='Pad', size=image_size, pad_val=dict(img=(114, 114, 114))),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
@@ -62,7 +62,6 @@ tta_pipeline = [
     dict(type='TestTimeAug', transforms=[
         [dict(type='Resize', scale=image_size, keep_ratio=True)],
         [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)],
-        [dict(type='Pad', size=image_size, pad_val=dict(img=(114, 114, 114)))],
         [dict(type='LoadAnnotations', with_bbox=True, with_mask=True)],
         [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
                                                'flip', 'flip_direction'))],

@@ -16,7 +16,12 @@ auto_scale_lr = dict(enable=False, base_batch_size=64)
 
 image_size = (1024, 1024)
 norm_cfg = dict(type='AdPELN2d', requires_grad=True)
-vitdet_preprocessor = dict(batch_augments=[dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)])
+# Every input is padded to the square the backbone is built for, bottom-right, with 0 after normalisation (the
+# mean pixel), as detectron2 does (ViTDet's square_pad=1024, ImageList.from_tensors(pad_value=0.0)). The padding is
+# done here, not by a pipeline Pad, so that img_shape stays the resized image's: boxes and proposals are clipped
+# to the image, not to the padded square (docs/method.md, Recipe decisions). Training pads the same way as
+# mmdet's BatchFixedSizePad did (images and masks with 0).
+vitdet_preprocessor = dict(pad_size_divisor=image_size[0], pad_mask=True, batch_augments=None)
 vitdet_backbone = dict(
     _delete_=True,
     type='AdPEViT',
@@ -39,10 +44,7 @@ vitdet_box_head = dict(type='Shared4Conv1FCBBoxHead', conv_out_channels=256, nor
 
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=image_size, keep_ratio=True),
-    # detectron2 pads the normalised image with 0, i.e. with the mean pixel: here in the loaded BGR order, which
-    # uint8 rounds to (104, 116, 124), within 0.009 std of 0 (docs/method.md, Recipe decisions)
-    dict(type='Pad', size=image_size, pad_val=dict(img=(103.53, 116.28, 123.675))),
+    dict(type='Resize', scale=image_size, keep_ratio=True),  # padded to the square by vitdet_preprocessor
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
@@ -52,15 +54,14 @@ train_dataloader = dict(batch_size=8, num_workers=8, dataset=dict(_delete_=True,
 val_dataloader = dict(dataset=dict(type='CheckedCocoDataset', pipeline=test_pipeline))
 test_dataloader = val_dataloader
 # tools/test.py --tta: horizontal flip, views merged by box NMS as mmdet's DetTTAModel does, each kept box with its
-# own view's mask (AdPEDetTTAModel: mmdet 3.3.0's DetTTAModel refuses masks). The flip comes before the padding,
-# which must stay bottom-right for the predictions to map back onto the image.
+# own view's mask (AdPEDetTTAModel: mmdet 3.3.0's DetTTAModel refuses masks). The data preprocessor pads each view
+# after its flip, bottom-right, so the predictions map back onto the image.
 tta_model = dict(type='AdPEDetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
 tta_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='TestTimeAug', transforms=[
         [dict(type='Resize', scale=image_size, keep_ratio=True)],
         [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)],
-        [dict(type='Pad', size=image_size, pad_val=dict(img=(103.53, 116.28, 123.675)))],  # the mean, as above
         [dict(type='LoadAnnotations', with_bbox=True, with_mask=True)],
         [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
                                                'flip', 'flip_direction'))],
