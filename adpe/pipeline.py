@@ -12,9 +12,12 @@ Each stage writes a ``.done`` marker when it succeeds; a re-run skips finished s
 resumes from its newest checkpoint (the configs set ``resume = True``).
 ``--dry-run`` prints every command instead of running it.
 
-By default the stages run here, one after the other. ``--launcher slurm`` submits each stage as an ``sbatch``
-job instead (the training and test stages through tools/slurm_*.sh), each waiting for the stages it reads
-(``--dependency=afterok``): the variants run side by side, and the report is the last job, after all others.
+By default the stages run here, one after the other; ``--jobs N`` (or ``jobs: N`` in the YAML) runs up to N of them
+at once, each stage as soon as the stages it reads have finished, with the CPU threads shared among them (small
+models on a few cores finish sooner side by side than one after the other on all cores). ``--launcher slurm``
+submits each stage as an ``sbatch`` job instead (the training and test stages through tools/slurm_*.sh), each
+waiting for the stages it reads (``--dependency=afterok``): the variants run side by side, and the report is the
+last job, after all others.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,6 +58,7 @@ class PipelineConfig:
     coco: dict = field(default_factory=dict)
     imagenet: dict = field(default_factory=dict)
     amp: bool = False
+    jobs: int = 1  # stages run at once by the local launcher
 
     @classmethod
     def load(cls, path: str | Path) -> PipelineConfig:
@@ -74,8 +79,11 @@ class PipelineConfig:
             unknown = set(imagenet) - {"finetune", "linear_probe"}
             if unknown:
                 raise ValueError(f"imagenet: unknown entries {sorted(unknown)} (finetune, linear_probe)")
+            jobs = int(raw.get("jobs", 1))
+            if jobs < 1:
+                raise ValueError(f"jobs: {jobs} (at least 1)")
             return cls(Path(raw["work_dir"]), gpus, raw["data"], variants, raw.get("ade20k") or {},
-                       raw.get("coco") or {}, imagenet, bool(raw.get("amp", False)))
+                       raw.get("coco") or {}, imagenet, bool(raw.get("amp", False)), jobs)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise SystemExit(f"{path}: malformed pipeline config ({err!r}); see tools/demo_pipeline.yaml") from err
 
@@ -224,8 +232,9 @@ def write_run_files(cfg: PipelineConfig, env: bool = True) -> None:
     (cfg.work_dir / "env.json").write_text(json.dumps(collect_env(), indent=2))
 
 
-def run_step(step: Step, index: int, total: int, started: float) -> None:
-    """Run one command, streaming its progress lines; the full output goes to the stage's log."""
+def run_step(step: Step, index: int, total: int, started: float, threads: int | None = None) -> None:
+    """Run one command, streaming its progress lines; the full output goes to the stage's log. ``threads``: the
+    CPU threads the stage may use (None: all), unless the caller's environment already sets OMP_NUM_THREADS."""
     step.work_dir.mkdir(parents=True, exist_ok=True)
     log_path = step.work_dir / f"{step.stage}.log"
     who = f"{step.variant}: " if step.variant else ""
@@ -234,12 +243,15 @@ def run_step(step: Step, index: int, total: int, started: float) -> None:
     command = step.argv()
     # the tools import adpe: from the checkout, also when it is not installed
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    tag = f"  [{step.variant} {step.stage}] " if step.variant else "  "
     with log_path.open("w") as log, subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                                      stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         for line in proc.stdout:
             log.write(line)
             if any(marker in line for marker in PROGRESS_MARKERS):
-                print("  " + line.rstrip()[:200], flush=True)
+                print(tag + line.rstrip()[:200], flush=True)
     if proc.returncode:
         tail = log_path.read_text().splitlines()[-30:]
         print("\n".join("  | " + line for line in tail), file=sys.stderr)
@@ -247,6 +259,61 @@ def run_step(step: Step, index: int, total: int, started: float) -> None:
                          "Fix the cause and re-run the same command: finished stages are skipped and this one "
                          "resumes from its newest checkpoint.")
     step.marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's or a Slurm job's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def run_local(steps: list[Step], jobs: int) -> None:
+    """Run ``steps`` here, up to ``jobs`` at once, each when the steps it reads from (``predecessors``) have
+    finished, skipping those finished before (``.done``). The CPU threads are split evenly among the ``jobs``.
+    After a failure no new step starts; the running ones finish, then the first failure is raised."""
+    started = time.time()
+    index = {id(step): i for i, step in enumerate(steps, 1)}
+    done = {id(s) for s in steps if s.stage != "report" and s.marker.exists()}
+    for step in steps:
+        if id(step) in done:
+            print(f"[pipeline {index[id(step)]}/{len(steps)}] {step.variant or ''} {step.stage}: done before, "
+                  "skipped")
+    waiting = [s for s in steps if id(s) not in done]
+    threads = max(1, available_cpus() // jobs) if jobs > 1 else None
+    running: dict[int, threading.Thread] = {}
+    failures: list[BaseException] = []
+    finished = threading.Condition()
+
+    def work(step: Step) -> None:
+        try:
+            run_step(step, index[id(step)], len(steps), started, threads)
+        except BaseException as err:  # SystemExit of a failed stage, or anything unexpected: report it in order
+            failures.append(err)
+        with finished:
+            if not failures or step.marker.exists():
+                done.add(id(step))
+            running.pop(id(step))
+            finished.notify()
+
+    with finished:
+        while waiting or running:
+            ready = [s for s in waiting if all(id(p) in done for p in predecessors(s, steps))]
+            while ready and len(running) < jobs and not failures:
+                step = ready.pop(0)
+                waiting.remove(step)
+                running[id(step)] = thread = threading.Thread(target=work, args=(step,), daemon=True)
+                thread.start()
+            if not running:
+                break
+            finished.wait()
+    if failures:
+        raise failures[0]
+    if waiting:  # cannot happen with a well-formed plan: say what is stuck rather than finish quietly
+        raise SystemExit("[pipeline] these stages never became ready: "
+                         + ", ".join(f"{s.variant or ''} {s.stage}" for s in waiting))
+    print(f"\n[pipeline] finished in {time.time() - started:.0f}s.")
 
 
 # What a stage reads from earlier stages (of its own variant, or the shared data stage): a Slurm job waits for
@@ -361,7 +428,8 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants (and the report)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages")
     parser.add_argument("--launcher", choices=["local", "slurm"], default="local",
-                        help="local: every stage here, in series; slurm: each stage an sbatch job")
+                        help="local: every stage here (--jobs at once); slurm: each stage an sbatch job")
+    parser.add_argument("--jobs", type=int, help="local: stages run at once (default: the YAML's jobs, else 1)")
     parser.add_argument("--partition", help="Slurm partition (--launcher slurm)")
     parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of a Slurm node (default 8)")
     parser.add_argument("--sbatch-args", default="",
@@ -383,12 +451,10 @@ def main(argv=None) -> None:
         for step in steps:
             print(step.shell())
         return
+    jobs = args.jobs or cfg.jobs
+    if jobs < 1:
+        parser.error("--jobs must be at least 1")
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     write_run_files(cfg)
-    started = time.time()
-    for index, step in enumerate(steps, 1):
-        if step.stage != "report" and step.marker.exists():
-            print(f"[pipeline {index}/{len(steps)}] {step.variant or ''} {step.stage}: done before, skipped")
-            continue
-        run_step(step, index, len(steps), started)
-    print(f"\n[pipeline] finished in {time.time() - started:.0f}s. Report: {cfg.work_dir / 'report' / 'report.md'}")
+    run_local(steps, jobs)
+    print(f"[pipeline] Report: {cfg.work_dir / 'report' / 'report.md'}")

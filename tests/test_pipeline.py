@@ -271,3 +271,82 @@ def test_protocol_stages_ms_flip_test_fine_tuning_and_one_probe_per_seed(tmp_pat
     export = jobs["work.adpe_rpe_coord.export"]["var"]
     assert [jobs[f"work.adpe_rpe_coord.linear_probe.seed{s}"]["after"] for s in range(3)] == [[f"${export}"]] * 3
     assert jobs["work.adpe_rpe_coord.ade20k_tta"]["after"] == [f"${jobs['work.adpe_rpe_coord.ade20k']['var']}"]
+
+
+# --jobs: local stages side by side, each after the stages it reads.
+def _fake_runs(monkeypatch, fail: str | None = None) -> list[tuple[str, str, str]]:
+    """Replace run_step with one that logs (event, variant, stage) and sleeps; ``fail``: the stage that fails."""
+    import threading
+    import time
+
+    events: list[tuple[str, str, str]] = []
+    lock = threading.Lock()
+
+    def fake(step, index, total, started, threads=None):
+        with lock:
+            events.append(("start", step.variant, step.stage, threads))
+        time.sleep(0.05)
+        if step.stage == fail:
+            raise SystemExit(f"[pipeline] {step.stage} failed")
+        step.work_dir.mkdir(parents=True, exist_ok=True)
+        step.marker.write_text("done\n")
+        with lock:
+            events.append(("end", step.variant, step.stage, threads))
+
+    monkeypatch.setattr("adpe.pipeline.run_step", fake)
+    monkeypatch.setattr("adpe.pipeline.write_run_files", lambda cfg: None)
+    monkeypatch.setattr("adpe.pipeline.available_cpus", lambda: 4)
+    return events
+
+
+def test_jobs_run_stages_side_by_side_after_what_they_read(config, monkeypatch):
+    events = _fake_runs(monkeypatch)
+    main(["--config", str(config), "--jobs", "2"])
+    steps = plan(PipelineConfig.load(config))
+    assert sorted(map(str, ((e[1], e[2]) for e in events if e[0] == "end"))) == sorted(
+        map(str, ((s.variant, s.stage) for s in steps)))
+    running, most = set(), 0
+    for event, variant, stage, threads in events:
+        assert threads == 2  # 4 CPUs shared by 2 jobs
+        if event == "start":
+            for before in {"pretrain": [], "export": ["pretrain"], "reconstruction": ["pretrain"],
+                           "ade20k": ["export"], "coco": ["export"]}.get(stage, []):
+                ended = [i for i, e in enumerate(events) if e[:3] == ("end", variant, before)]
+                assert ended and ended[0] < events.index((event, variant, stage, threads)), (stage, before)
+            running.add((variant, stage))
+        else:
+            running.discard((variant, stage))
+        most = max(most, len(running))
+    assert most == 2
+    assert events[-2][2] == "report" and events[-1][2] == "report"  # after everything else
+    first_two = [e[2] for e in events[:2]]
+    assert first_two == ["pretrain", "pretrain"]  # the two variants' pretraining at once
+
+
+def test_jobs_stop_starting_after_a_failure(config, monkeypatch):
+    events = _fake_runs(monkeypatch, fail="export")
+    with pytest.raises(SystemExit, match="export failed"):
+        main(["--config", str(config), "--jobs", "2"])
+    starts = [e[2] for e in events if e[0] == "start"]
+    assert "report" not in starts and "ade20k" not in starts and "coco" not in starts
+
+
+def test_one_job_keeps_the_plan_order_and_all_threads(config, monkeypatch):
+    events = _fake_runs(monkeypatch)
+    main(["--config", str(config)])
+    assert [e[2] for e in events if e[0] == "start"] == [s.stage for s in plan(PipelineConfig.load(config))]
+    assert {e[3] for e in events} == {None}
+
+
+def test_a_stage_gets_its_share_of_threads(tmp_path, monkeypatch):
+    """The thread count reaches the stage's process (torch reads OMP_NUM_THREADS at start), unless the user set it."""
+    from adpe.pipeline import Step, run_step
+
+    code = "import os; print('threads', os.environ.get('OMP_NUM_THREADS'), os.environ.get('MKL_NUM_THREADS'))"
+    step = Step("report", None, [sys.executable, "-c", code], tmp_path)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    run_step(step, 1, 1, 0.0, threads=3)
+    assert "threads 3 3" in (tmp_path / "report.log").read_text()
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    run_step(step, 1, 1, 0.0, threads=3)
+    assert "threads 5 None" in (tmp_path / "report.log").read_text()
