@@ -153,6 +153,10 @@ class ViTBackbone(nn.Module):
         init_values: layer scale: learnable per-channel gammas on every block's attention and MLP branches,
             starting at this value (mmseg's MAE ``init_values``; the ADE20K recipe's 1.0). Checkpoints without
             gammas leave them at this value. None (default): no layer scale.
+        pos_embed_size: the image size whose patch grid the learned APE table has; every forward resamples it
+            (bicubic) to the input's grid. None (default): ``img_size``, the table is the input grid's. ViTDet
+            learns the pretraining's 224^2 table (14 x 14) and resamples it to 64 x 64 in each forward
+            (detectron2 ``ViT(pretrain_img_size=224)``, ``get_abs_pos``): the COCO recipes set 224.
     """
 
     def __init__(
@@ -175,6 +179,7 @@ class ViTBackbone(nn.Module):
         use_checkpoint: bool = False,
         final_norm: bool = False,
         init_values: float | None = None,
+        pos_embed_size: int | tuple[int, int] | None = None,
         mlp_ratio: float = 4.0,
         **size_overrides,
     ):
@@ -193,6 +198,8 @@ class ViTBackbone(nn.Module):
         self.embed_dim, self.patch_size = dims.embed_dim, dims.patch_size
         img_size = _pair(img_size)
         self.grid = (img_size[0] // dims.patch_size, img_size[1] // dims.patch_size)
+        pos_size = img_size if pos_embed_size is None else _pair(pos_embed_size)
+        self.pos_grid = (pos_size[0] // dims.patch_size, pos_size[1] // dims.patch_size)
         self.pool = pool
         self.out_indices = tuple(out_indices) if mode == "seg" else (dims.depth - 1,)
         if any(not 0 <= i < dims.depth for i in self.out_indices):
@@ -204,7 +211,7 @@ class ViTBackbone(nn.Module):
         self.patch_embed = PatchEmbed(img_size, dims.patch_size, in_chans, dims.embed_dim, strict_img_size=False)
         if self.class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, dims.embed_dim))
-        self.pos_embed = nn.Parameter(sincos_2d_table(*self.grid, dims.embed_dim)[None])
+        self.pos_embed = nn.Parameter(sincos_2d_table(*self.pos_grid, dims.embed_dim)[None])
         rates = torch.linspace(0, drop_path_rate, dims.depth, device="cpu").tolist()  # also under torch.device("meta")
         self.blocks = nn.ModuleList(
             self._block(i, rates[i], mlp_ratio, window_size, global_blocks) for i in range(dims.depth)
@@ -264,7 +271,7 @@ class ViTBackbone(nn.Module):
     # ---------------------------------------------------------------- forward
     def _positions(self, grid: tuple[int, int]) -> Tensor:
         """The APE table resampled (bicubic) to ``grid``: (1, 1 + h*w, D)."""
-        return resample_pos_embed(self.pos_embed, self.grid, grid)
+        return resample_pos_embed(self.pos_embed, self.pos_grid, grid)
 
     def _irpe_inputs(self, grid: tuple[int, int], device) -> dict[tuple[int, int], RelPos]:
         """One iRPE lookup per attention grid in use (global grid, window grid), cls bucket in seg mode.

@@ -499,7 +499,7 @@ def fit_to_backbone(state: dict, backbone: torch.nn.Module) -> tuple[dict, dict[
         side = int(round((old.shape[1] - 1) ** 0.5))
         if side * side + 1 != old.shape[1]:
             raise CheckpointMismatchError(f"pos_embed {tuple(old.shape)} is not a square grid plus a cls slot")
-        state["pos_embed"] = resample_pos_embed(old.float(), (side, side), backbone.grid)
+        state["pos_embed"] = resample_pos_embed(old.float(), (side, side), backbone.pos_grid)
     optional = {k for k in target if ".rel_bias." in k or k.startswith("fc_norm.")} | {STRUCTURE_KEY}
     problems = state_mismatch(state, target, optional)
     if problems:

@@ -196,3 +196,27 @@ def test_demo_mask_rcnn_fits_one_batch(tmp_path):
     logs = train_on_one_batch(cfg, tmp_path, images=4, steps=80)
     last_masks = [r["loss_mask"] for r in logs[-5:]]
     assert sum(last_masks) / 5 < 0.35, (logs[0]["loss_mask"], last_masks)
+
+
+def test_vitdet_learns_the_pretraining_table_and_resamples_it_every_forward(tmp_path):
+    """detectron2's ViT(pretrain_img_size=224): the learned table is the checkpoint's 14 x 14 (+ cls slot), loaded
+    as it is; each forward interpolates it to the input grid (``get_abs_pos``, written out here), so its gradient
+    reaches the 14 x 14 table."""
+    import torch.nn.functional as F
+
+    for path in ("mask_rcnn_adpe_vitb.py", "cascade_mask_rcnn_adpe_vitb.py", "mask_rcnn_mae_vitb.py"):
+        assert Config.fromfile(ROOT / "benchmarks/coco" / path).model.backbone.pos_embed_size == 224, path
+    timm = pytest.importorskip("timm")
+    reference = timm.models.VisionTransformer(img_size=224, patch_size=16, embed_dim=192, depth=4, num_heads=3,
+                                              num_classes=0)
+    torch.save({"model": reference.state_dict()}, tmp_path / "mae.pth")
+    backbone = det_backbone(img_size=256, pos_embed_size=224,
+                            init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "mae.pth")))
+    backbone.init_weights()
+    assert backbone.pos_embed.shape == (1, 14 * 14 + 1, 192)
+    torch.testing.assert_close(backbone.pos_embed, reference.pos_embed)  # loaded, not resampled
+    table = backbone.pos_embed[:, 1:].reshape(1, 14, 14, 192).permute(0, 3, 1, 2)
+    expected = F.interpolate(table, size=(16, 16), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    torch.testing.assert_close(backbone._positions((16, 16))[:, 1:], expected.reshape(1, 256, 192))
+    backbone(torch.randn(1, 3, 256, 256))[0].sum().backward()
+    assert backbone.pos_embed.grad is not None and backbone.pos_embed.grad[:, 1:].abs().sum() > 0

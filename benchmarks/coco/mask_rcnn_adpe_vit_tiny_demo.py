@@ -11,7 +11,9 @@ auto_scale_lr = dict(enable=False, base_batch_size=8)
 image_size = (128, 128)
 model = dict(
     data_preprocessor=dict(pad_size_divisor=image_size[0]),  # the ViT-B recipe's square padding at this size
-    backbone=dict(size='tiny', img_size=image_size, window_size=4, global_blocks=(1, 3), drop_path_rate=0.0),
+    # pos_embed_size: the demo's pretraining size, as the ViT-B recipe's 224
+    backbone=dict(size='tiny', img_size=image_size, pos_embed_size=112, window_size=4, global_blocks=(1, 3),
+                  drop_path_rate=0.0),
     # CPU-sized heads. Measured: with the ViT-B recipe's LayerNorm'd pyramid and 4conv1fc head at 64 channels
     # and lr 2e-3, the classifier still called every RoI background after 150 steps on one fixed batch (demo AP
     # 0.2). Plain biased convs, mmdet's standard 2-fc box head, a 2-conv mask head and lr 4e-4 reach AP ~30

@@ -27,6 +27,9 @@ vitdet_backbone = dict(
     type='AdPEViT',
     size='base',
     img_size=image_size,
+    # ViTDet learns the pretraining's 14 x 14 position table and resamples it to the 64 x 64 grid in every forward
+    # (detectron2 ViT(pretrain_img_size=224), get_abs_pos), rather than learning a 64 x 64 table
+    pos_embed_size=224,
     mode='det',
     window_size=14,
     global_blocks=(2, 5, 8, 11),
