@@ -96,6 +96,7 @@ class MaskedAutoencoder(nn.Module):
         self._check_options(variant, position, rpe_lookup, adversary)
         self.variant, self.position, self.rpe_lookup = variant, position, rpe_lookup
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+        self.dims, self.mlp_ratio = dims, mlp_ratio
         self.patch_size, self.in_chans = dims.patch_size, in_chans
         self.grid = (img_size // dims.patch_size, img_size // dims.patch_size)
         check_mask_ratio(mask_ratio, self.grid[0] * self.grid[1])  # when the model is built, not at its first step

@@ -54,6 +54,8 @@ def _pretrain(variant_dir: Path, losses: list[tuple[int, float]], model: dict, m
         if adv:
             row.update(adv_lr=1e-3, adv_norm=0.1 * step / 10)
         rows.append(row)
+    # KNNMonitorHook's rows: before training and after the last logged step
+    rows += [{"knn/top1": 12.5, "knn/top5": 60.0, "step": 0}, {"knn/top1": 25.0, "knn/top5": 70.0, "step": step}]
     config = _model_cfg(size="tiny", img_size=112, **model) + extra
     config += f"train_cfg = dict(max_epochs={max_epochs}, type='EpochBasedTrainLoop')\n"
     _write_timestamp(stage, ts, rows, config)
@@ -215,7 +217,7 @@ unfinished | unfinished | unfinished | missing | missing | missing | missing | m
 | **mae_plus** (baseline) | MAE+ APE | mae_plus, ape, adversary=none, size=tiny | 8.00 | baseline | missing | \
 missing | 10.0 | baseline | 9.0 | baseline | 60.0 | baseline | 42.0 ± 2.0 | baseline | 0.6000 | baseline |"""
 
-PLOTS = ("pretrain_loss.png", "adv_norm.png", "ade20k_miou.png", "coco_ap.png", "imagenet_top1.png",
+PLOTS = ("pretrain_loss.png", "pretrain_knn.png", "adv_norm.png", "ade20k_miou.png", "coco_ap.png", "imagenet_top1.png",
          "final_metrics.png")
 
 

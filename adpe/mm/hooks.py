@@ -1,4 +1,5 @@
-"""Hooks that keep a work dir's checkpoints trustworthy: what is saved, in which order, and by whom.
+"""Hooks that keep a work dir's checkpoints trustworthy (what is saved, in which order, and by whom), and one that
+watches what pretraining learns.
 
 * ``SafeCheckpointHook``: mmengine's ``CheckpointHook`` that never leaves fewer good checkpoints than before (it
   writes the new one and points ``last_checkpoint`` at it before deleting the oldest), never saves non-finite
@@ -8,6 +9,7 @@
   ``max_skipped`` steps in a row), naming the iteration, the loss terms and the newest checkpoint.
 * ``WorkDirLockHook``: one training run per work dir at a time (a lock file naming pid and host), and the
   temporary files of saves killed half-way removed at the next start.
+* ``KNNMonitorHook``: weighted kNN accuracy of the encoder's features on a labelled set, every few epochs.
 """
 
 from __future__ import annotations
@@ -29,14 +31,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmengine.dist import broadcast_object_list, is_main_process
+from mmengine.dataset import pseudo_collate
+from mmengine.dist import all_gather_object, broadcast_object_list, get_dist_info, is_main_process
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 from mmengine.runner import BaseLoop, Runner
+from mmpretrain.datasets import CustomDataset
+from mmpretrain.models import ClsDataPreprocessor
 
 from adpe.checkpoint import atomic_write, load_checkpoint_file, remove_stale_temporaries, url_scheme
+from adpe.knn import knn_accuracy, probe_backbone
 from adpe.mm.engine import bare_model
 
 POINTER = "last_checkpoint"  # mmengine's record of the newest checkpoint, in the work dir
@@ -396,3 +402,103 @@ class NonFiniteLossHook(Hook):
             f"training stopped at iteration {runner.iter + 1}: {what} ({losses}); {resume}. Lower the lr, or use "
             "bf16 (--amp on bf16 GPUs) instead of fp16: --cfg-options optim_wrapper.optimizer.lr=... applies a new lr "
             "from the resumed step on.")
+
+
+@HOOKS.register_module()
+class KNNMonitorHook(Hook):
+    """Weighted kNN top-1 / top-5 of the encoder's features during pretraining (DINO's monitor: k = 20, temperature
+    0.07, cosine on l2-normalised features), logged as ``knn/top1`` / ``knn/top5`` with the loss (scalars.json,
+    TensorBoard, W&B: the visualizer's backends) and in the log.
+
+    Features: the current encoder weights in a classification backbone with average pooling, without mask or
+    adversary (``adpe.knn.probe_backbone``: what the linear probe sees). Bank and queries: the labelled
+    ``bank_split`` and ``query_split`` folders of ``data_root`` (mmpretrain's ``CustomDataset`` layout, e.g.
+    ``train/<class>/*.JPEG``), resized to ``resize`` on the short side and centre-cropped to the pretraining size,
+    capped at the first ``max_bank_per_class`` / ``max_queries_per_class`` images of each class.
+    ``data_root='pretraining'``: the pretraining dataset's root (ImageNet's holds labelled ``train/`` and ``val/``);
+    None (the ViT-B configs' default): the hook does nothing. Runs every ``interval`` epochs, after the last one, and
+    before the first one with ``at_start``. Under several processes each rank computes a share of the features
+    and they are gathered. The training's random stream is left untouched: no sampler, no worker seeds, no dropout.
+    """
+
+    priority = "LOW"
+
+    def __init__(self, data_root: str | None = None, interval: int = 1, k: int = 20, temperature: float = 0.07,
+                 bank_split: str = "train", query_split: str = "val", max_bank_per_class: int | None = None,
+                 max_queries_per_class: int | None = None, resize: int | None = None, batch_size: int = 64,
+                 at_start: bool = False, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)):
+        if interval < 1 or k < 1 or temperature <= 0:
+            raise ValueError(f"KNNMonitorHook: interval ({interval}) and k ({k}) must be at least 1 and "
+                             f"temperature ({temperature}) positive")
+        self.data_root, self.interval, self.k, self.temperature = data_root, interval, k, temperature
+        self.splits = {"bank": (bank_split, max_bank_per_class), "queries": (query_split, max_queries_per_class)}
+        self.resize, self.batch_size, self.at_start = resize, batch_size, at_start
+        self.mean, self.std = mean, std
+        self._data: dict | None = None
+
+    def before_train(self, runner) -> None:
+        if self.data_root is not None and self.at_start and runner.iter == 0:
+            self.evaluate(runner, epochs=0)
+
+    def after_train_epoch(self, runner) -> None:
+        if self.data_root is not None and (self.every_n_epochs(runner, self.interval)
+                                           or self.is_last_train_epoch(runner)):
+            self.evaluate(runner, epochs=runner.epoch + 1)  # the loop counts the epoch after its hooks
+
+    def _datasets(self, runner, crop: int) -> dict:
+        """{'bank' / 'queries': (dataset, the selected indices, their labels)}, built once."""
+        if self._data is None:
+            root = self.data_root
+            if root == "pretraining":
+                root = runner.cfg.train_dataloader.dataset.data_root
+            # the linear probe's test transform (benchmarks/imagenet/linear_probe_*.py), in mmpretrain's registry
+            pipeline = [dict(type="mmpretrain.LoadImageFromFile"),
+                        dict(type="mmpretrain.ResizeEdge", scale=self.resize or crop * 8 // 7, edge="short",
+                             backend="pillow", interpolation="bicubic"),
+                        dict(type="mmpretrain.CenterCrop", crop_size=crop), dict(type="mmpretrain.PackInputs")]
+            self._data = {"preprocessor": ClsDataPreprocessor(mean=self.mean, std=self.std, to_rgb=True)}
+            for name, (split, cap) in self.splits.items():
+                dataset = CustomDataset(data_root=root, data_prefix=split, pipeline=pipeline)
+                labels = np.asarray(dataset.get_gt_labels())
+                keep = np.concatenate([np.flatnonzero(labels == c)[:cap] for c in np.unique(labels)])
+                keep.sort()
+                self._data[name] = (dataset, keep.tolist(), torch.as_tensor(labels[keep]))
+            self._data["num_classes"] = len(self._data["bank"][0].metainfo["classes"])
+        return self._data
+
+    def _features(self, backbone, dataset, indices: list[int], preprocessor) -> torch.Tensor:
+        """Pooled features (len(indices), D) on the CPU; each rank computes every world_size-th one."""
+        rank, world = get_dist_info()
+        mine = indices[rank::world]
+        device = next(backbone.parameters()).device
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(mine), self.batch_size):
+                batch = pseudo_collate([dataset[i] for i in mine[start:start + self.batch_size]])
+                inputs = preprocessor(batch, False)["inputs"].to(device)
+                chunks.append(backbone(inputs)[0].float().cpu())
+        local = torch.cat(chunks) if chunks else torch.zeros(0, backbone.embed_dim)
+        if world == 1:
+            return local
+        features = torch.zeros(len(indices), local.shape[1])
+        for shard_rank, shard in enumerate(all_gather_object(local)):
+            features[shard_rank::world] = shard
+        return features
+
+    def evaluate(self, runner, epochs: int) -> dict[str, float]:
+        """Classify the query features against the bank with the current weights (after ``epochs`` epochs); log
+        and return the metrics."""
+        mae = bare_model(runner.model).mae
+        data = self._datasets(runner, mae.grid[0] * mae.patch_size)
+        backbone = probe_backbone(mae)
+        (bank, bank_idx, bank_labels), (queries, query_idx, query_labels) = data["bank"], data["queries"]
+        bank_features = self._features(backbone, bank, bank_idx, data["preprocessor"])
+        query_features = self._features(backbone, queries, query_idx, data["preprocessor"])
+        metrics = knn_accuracy(bank_features, bank_labels, query_features, query_labels, data["num_classes"],
+                               self.k, self.temperature)
+        scalars = {f"knn/{name}": value for name, value in metrics.items()}
+        runner.visualizer.add_scalars(scalars, step=runner.iter)
+        print_log(f"kNN after {epochs} epochs (k={self.k}, T={self.temperature}; {len(bank_idx)} bank, "
+                  f"{len(query_idx)} query images): " + ", ".join(f"{k} {v:.2f}" for k, v in scalars.items()),
+                  logger="current")
+        return metrics

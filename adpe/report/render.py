@@ -26,7 +26,8 @@ from adpe.report.records import (
 from adpe.report.tabulate import CSV_COLUMNS, format_value, json_row, resolve_baseline, status_of, table_rows
 
 # report.md's plot sections: plot name -> title, in order.
-PLOT_TITLES = {"pretrain_loss": "Pretraining loss", "adv_norm": "Adversarial perturbation norm",
+PLOT_TITLES = {"pretrain_loss": "Pretraining loss", "pretrain_knn": "kNN top-1 during pretraining",
+               "adv_norm": "Adversarial perturbation norm",
                "ade20k_miou": "ADE20K validation mIoU", "coco_ap": "COCO validation AP",
                "imagenet_top1": "ImageNet validation top-1", "final_metrics": "Final metrics"}
 Panel = tuple[str, list[tuple[str, list[tuple[float, float]]]]]  # (panel title, [(legend label, series), ...])
@@ -119,6 +120,9 @@ def write_plots(rows: list[Row], out_dir: Path) -> dict[str, Path]:
     plots = {
         "pretrain_loss": _line_plot(out_dir / "pretrain_loss.png", "Pretraining loss", "loss",
                                     [("", lines("pretrain", "loss"))]),
+        # KNNMonitorHook's weighted kNN on held-out labelled images (step 0: before training)
+        "pretrain_knn": _line_plot(out_dir / "pretrain_knn.png", "kNN top-1 during pretraining", "kNN top-1 (%)",
+                                   [("", lines("pretrain", "knn/top1"))]),
         "adv_norm": _line_plot(out_dir / "adv_norm.png", "Adversarial perturbation norm", "adv_norm",
                                [("", lines("pretrain", "adv_norm"))]),
         "ade20k_miou": _line_plot(out_dir / "ade20k_miou.png", "ADE20K validation", "mIoU (%)",

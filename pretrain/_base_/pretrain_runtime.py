@@ -68,8 +68,14 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
 # NonFiniteLossHook: stop at the first NaN / inf loss (or 20 skipped fp16 steps in a row), naming the newest checkpoint.
+# KNNMonitorHook: weighted kNN top-1 of the encoder's features (DINO's k = 20, T = 0.07) every 20 epochs, on 10
+# train images per class as the bank and 10 val images per class as queries (10,000 each on ImageNet); off until
+# given a labelled folder: --cfg-options custom_hooks.5.data_root=pretraining (the pretraining root's train/ and
+# val/) or =PATH.
 custom_hooks = [dict(type='EffectiveBatchHook'), dict(type='AdversaryHook'), dict(type='RandomStateHook'),
-                dict(type='NonFiniteLossHook'), dict(type='WorkDirLockHook')]
+                dict(type='NonFiniteLossHook'), dict(type='WorkDirLockHook'),
+                dict(type='KNNMonitorHook', data_root=None, interval=20, max_bank_per_class=10,
+                     max_queries_per_class=10)]
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))
 visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])

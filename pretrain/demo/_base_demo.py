@@ -17,3 +17,8 @@ param_scheduler = [
 ]
 train_cfg = dict(max_epochs=epochs)
 default_hooks = dict(logger=dict(interval=5), checkpoint=dict(interval=5, max_keep_ckpts=1))
+# The base's hooks, with the kNN monitor on the demo ImageNet (all 256 train images as the bank, the 320 val images
+# as queries) before training, after epoch 5 and at the end.
+custom_hooks = [dict(type='EffectiveBatchHook'), dict(type='AdversaryHook'), dict(type='RandomStateHook'),
+                dict(type='NonFiniteLossHook'), dict(type='WorkDirLockHook'),
+                dict(type='KNNMonitorHook', data_root='pretraining', interval=5, at_start=True)]
