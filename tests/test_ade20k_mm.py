@@ -20,8 +20,8 @@ from mmseg.registry import MODELS  # noqa: E402
 
 import adpe.checkpoint  # noqa: E402
 import adpe.mm  # noqa: E402,F401
-from adpe.backbone import block_outputs  # noqa: E402
 from adpe.checkpoint import CheckpointMismatchError  # noqa: E402
+from adpe.models.backbone import block_outputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -115,7 +115,7 @@ def test_resolved_backbone_settings_reach_the_saved_config():
     which the work dir's copy and every checkpoint's meta are made from."""
     from types import SimpleNamespace
 
-    from adpe.mm.transfer import ResolvedBackboneHook
+    from adpe.mm.hooks import ResolvedBackboneHook
 
     cfg = Config.fromfile(ROOT / "benchmarks/ade20k/upernet_adpe_vit_tiny_demo.py")
     assert {"type": "ResolvedBackboneHook"} in cfg.custom_hooks
@@ -202,7 +202,7 @@ def test_vit_b_backbone_parameter_count_and_layer_decay():
 
 
 def test_tiny_upernet_trains_and_dist_test_reports_miou(tmp_path):
-    from adpe.demo.data import write_ade20k
+    from adpe.tooling.demo_data import write_ade20k
 
     data = write_ade20k(tmp_path / "ade20k", n_train=32, n_val=8, size=128, seed=0)
     work = tmp_path / "work"

@@ -122,7 +122,7 @@ def test_every_coco_config_builds(path):
 
 
 def test_tiny_mask_rcnn_trains_and_dist_test_reports_box_and_mask_ap(tmp_path):
-    from adpe.demo.data import write_coco
+    from adpe.tooling.demo_data import write_coco
 
     data = write_coco(tmp_path / "coco", n_train=32, n_val=8, size=128, seed=0)
     ann = f"{data}/annotations/instances_val2017.json"
@@ -155,7 +155,7 @@ def train_on_one_batch(cfg: Config, tmp_path: Path, images: int, steps: int) -> 
     from mmengine.dataset import pseudo_collate
     from mmengine.optim import build_optim_wrapper
 
-    from adpe.demo.data import write_coco
+    from adpe.tooling.demo_data import write_coco
 
     data = write_coco(tmp_path / "coco", n_train=images, n_val=1, size=128, seed=0)
     cfg.train_dataloader.dataset.data_root = f"{data}/"

@@ -1,4 +1,4 @@
-"""adpe.report and tools/report.py on generated work dirs; adpe.reconstruction and
+"""adpe.report and tools/report.py on generated work dirs; adpe.report.reconstruction and
 tools/visualize_reconstruction.py on a fake checkpoint."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from adpe import reconstruction as recon
 from adpe import report
 from adpe.checkpoint import load_pretrainer
-from adpe.mae import MaskedAutoencoder
+from adpe.models.mae import MaskedAutoencoder
+from adpe.report import reconstruction as recon
 from adpe.report.records import RunInfo, load_published
 
 ROOT = Path(__file__).resolve().parents[1]

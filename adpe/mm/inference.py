@@ -20,8 +20,7 @@ import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.registry import MODELS
 
-from adpe.checkpoint import fetch_checkpoint, load_checkpoint_file
-from adpe.mm.transfer import backbone_settings_of_trained
+from adpe.checkpoint import backbone_settings_of_trained, fetch_checkpoint, load_checkpoint_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

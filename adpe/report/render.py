@@ -332,7 +332,7 @@ def _environment(rows: list[Row], env: dict | None) -> tuple[dict, str]:
     for row in rows:
         if row.env:
             return row.env, "env.json of the run"
-    from adpe.env import collect_env  # imports torch and probes OpenMMLab: only when the run has no env.json
+    from adpe.tooling.env import collect_env  # imports torch and probes OpenMMLab: only when the run has no env.json
 
     return collect_env(), "collected by tools/report.py at report time (no env.json in the run)"
 
