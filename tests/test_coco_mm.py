@@ -59,7 +59,7 @@ def test_rpe_release_loads_into_detection_backbone_with_explained_keys_only():
 
 
 def test_ape_release_loads_into_detection_backbone(tmp_path):
-    timm = pytest.importorskip("timm")
+    import timm
     reference = timm.models.VisionTransformer(img_size=224, patch_size=16, embed_dim=192, depth=4, num_heads=3,
                                               num_classes=0)
     torch.save({"model": reference.state_dict()}, tmp_path / "mae.pth")
@@ -111,7 +111,7 @@ def test_every_coco_config_builds(path):
         assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.7
         assert model.rpn_head.num_convs == 2
         assert model.roi_head.bbox_head.num_shared_convs == 4 and model.roi_head.bbox_head.num_shared_fcs == 1
-        timm = pytest.importorskip("timm")
+        import timm
         reference = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
         encoder = sum(p.numel() for n, p in reference.named_parameters()
                       if n not in ("pos_embed", "cls_token") and not n.startswith("norm."))
