@@ -18,7 +18,6 @@ mmseg's and mmdet's fall back to (as ``AdPEDetTTAModel`` in adpe/mm/inference.py
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections import Counter
@@ -28,6 +27,7 @@ from mmengine.logging import print_log
 from mmengine.registry import DATASETS, FUNCTIONS, TRANSFORMS
 
 from adpe.data import ImageFolderDataset, MultiCropTransform, multicrop_collate
+from adpe.mm.lazy import registered_lazily
 
 __all__ = ["DROP_REASONS", "AdPEImageFolder", "adpe_multicrop_collate", "check_label_map", "coco_drop_reason",
            "drop_summary"]
@@ -103,9 +103,10 @@ def check_label_map(results: dict, num_classes: int, ignore_index: int = 255, re
             "Fix or remove this pair.")
 
 
-@functools.cache
+@registered_lazily(TRANSFORMS, "CheckedLoadAnnotations")
 def _checked_load_annotations_class() -> type:
-    """The transform class, defined on first use: mmseg is imported here, not when ``adpe.mm`` is."""
+    """``dict(type='CheckedLoadAnnotations', reduce_zero_label=True)`` in an mmseg pipeline. The transform class,
+    defined on first use: mmseg is imported here, not when ``adpe.mm`` is."""
     from mmseg.datasets.transforms import LoadAnnotations
 
     class CheckedLoadAnnotations(LoadAnnotations):
@@ -140,15 +141,6 @@ def _checked_load_annotations_class() -> type:
             return f"{super().__repr__()[:-1]}, num_classes={self.num_classes}, ignore_index={self.ignore_index})"
 
     return CheckedLoadAnnotations
-
-
-@TRANSFORMS.register_module(name="CheckedLoadAnnotations")
-def build_checked_load_annotations(**kwargs):
-    """``dict(type='CheckedLoadAnnotations', reduce_zero_label=True)`` in an mmseg pipeline.
-
-    A builder function rather than the class, so that registering it does not import mmseg.
-    """
-    return _checked_load_annotations_class()(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -196,9 +188,10 @@ def drop_summary(ann_file: str, reasons: Counter) -> str | None:
             f"mmdet: {parts}. Fix them in that file to train on them.")
 
 
-@functools.cache
+@registered_lazily(DATASETS, "CheckedCocoDataset")
 def _checked_coco_dataset_class() -> type:
-    """The dataset class, defined on first use: mmdet is imported here, not when ``adpe.mm`` is."""
+    """``dict(type='CheckedCocoDataset', ...)`` in an mmdet config, with ``CocoDataset``'s arguments. The dataset
+    class, defined on first use: mmdet is imported here, not when ``adpe.mm`` is."""
     from mmdet.datasets import CocoDataset
 
     class CheckedCocoDataset(CocoDataset):
@@ -230,12 +223,3 @@ def _checked_coco_dataset_class() -> type:
                                  "Fix or remove it.") from err
 
     return CheckedCocoDataset
-
-
-@DATASETS.register_module(name="CheckedCocoDataset")
-def build_checked_coco_dataset(**kwargs):
-    """``dict(type='CheckedCocoDataset', ...)`` in an mmdet config, with ``CocoDataset``'s arguments.
-
-    A builder function rather than the class, so that registering it does not import mmdet.
-    """
-    return _checked_coco_dataset_class()(**kwargs)
