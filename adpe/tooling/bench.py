@@ -300,7 +300,7 @@ def forwarded_options(args: argparse.Namespace, names: Iterable[str]) -> list[st
 def emulated_bf16(dtype: str, device: str) -> bool:
     """Whether ``dtype`` is bf16 on a ``device`` ('cpu' or 'cuda') that only emulates it (``adpe.device.native_bf16``,
     the rule ``--amp`` follows): a step there takes about 100x the fp32 one, minutes for ViT-B on a CPU."""
-    from adpe.device import native_bf16
+    from adpe.device import native_bf16  # imports torch, which the parent process of a benchmark never does
 
     return dtype == "bf16" and not native_bf16(device)
 

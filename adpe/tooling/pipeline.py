@@ -30,6 +30,7 @@ from pathlib import Path
 
 from adpe.report.records import RUN_FILE, SEED_DIR, RunInfo
 from adpe.tooling import checkout_root
+from adpe.tooling import env as environment
 
 # The checkout: every stage runs a script of tools/ from here, with relative paths as in the YAML configs.
 ROOT = checkout_root()
@@ -219,9 +220,7 @@ def write_run_files(cfg: PipelineConfig, env: bool = True) -> None:
         variant.write(vdir / RUN_FILE)
     if not env:
         return
-    from adpe.tooling.env import collect_env  # imports torch and probes OpenMMLab: only when the pipeline runs
-
-    (cfg.work_dir / "env.json").write_text(json.dumps(collect_env(), indent=2))
+    (cfg.work_dir / "env.json").write_text(json.dumps(environment.collect_env(), indent=2))
 
 
 def run_step(step: Step, index: int, total: int, started: float) -> None:
