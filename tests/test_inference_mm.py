@@ -25,10 +25,10 @@ from mmengine.registry import MODELS, init_default_scope  # noqa: E402
 from mmengine.runner import load_checkpoint  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
-from adpe.backbone import STRUCTURE_KEY  # noqa: E402
 from adpe.checkpoint import CheckpointMismatchError  # noqa: E402
+from adpe.mm.hooks import ResolvedBackboneHook  # noqa: E402
 from adpe.mm.inference import trained_model_config  # noqa: E402
-from adpe.mm.transfer import ResolvedBackboneHook  # noqa: E402
+from adpe.models.backbone import STRUCTURE_KEY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -87,7 +87,7 @@ def det_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ade_data(tmp_path_factory):
-    from adpe.demo.data import write_ade20k
+    from adpe.tooling.demo_data import write_ade20k
 
     # the demo's real-shape images (ADE20K's aspect ratios, short side 96-160), not squares
     return write_ade20k(tmp_path_factory.mktemp("ade") / "ade20k", n_train=1, n_val=2, size=[96, 160], seed=0)
@@ -95,7 +95,7 @@ def ade_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def coco_data(tmp_path_factory):
-    from adpe.demo.data import write_coco
+    from adpe.tooling.demo_data import write_coco
 
     return write_coco(tmp_path_factory.mktemp("coco") / "coco", n_train=1, n_val=2, size=[96, 160], seed=0)
 

@@ -34,8 +34,8 @@ from torch import nn  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
 from adpe.checkpoint import export_backbone, load_checkpoint_file  # noqa: E402
-from adpe.mm.engine import AtomicLocalBackend  # noqa: E402
 from adpe.mm.hooks import acquire_lock, newest_checkpoint, release_lock  # noqa: E402
+from adpe.mm.patches import AtomicLocalBackend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "tests" / "fixtures" / "official_adpe_rpe_tiny.pth"
@@ -219,7 +219,7 @@ def test_a_failed_write_names_the_file_and_leaves_no_temporary(tmp_path, monkeyp
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    monkeypatch.setattr(checkpoint.files.os, "fsync", full)
     with pytest.raises(OSError, match=r"No space left on device while writing .*iter_1\.pth; the previous file"):
         checkpoint.atomic_write(b"new", tmp_path / "iter_1.pth")
     assert [p.name for p in tmp_path.iterdir()] == ["iter_1.pth"]

@@ -10,7 +10,6 @@ that importing ``adpe.mm`` (pretraining included) does not load them.
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import os.path as osp
 from collections.abc import Iterable, Sequence
@@ -20,8 +19,8 @@ import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.registry import MODELS
 
-from adpe.checkpoint import fetch_checkpoint, load_checkpoint_file
-from adpe.mm.transfer import backbone_settings_of_trained
+from adpe.checkpoint import backbone_settings_of_trained, fetch_checkpoint, load_checkpoint_file
+from adpe.mm.lazy import registered_lazily
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -127,9 +126,10 @@ def _unflip_masks(masks: torch.Tensor, meta: dict) -> torch.Tensor:
     return masks.flip(dims)
 
 
-@functools.cache
+@registered_lazily(MODELS, "AdPEDetTTAModel")
 def _det_mask_tta_class() -> type:
-    """mmdet's ``DetTTAModel`` that merges instance masks too (mmdet 3.3.0's asserts there are none).
+    """``tta_model=dict(type='AdPEDetTTAModel', tta_cfg=...)``: mmdet's ``DetTTAModel`` that merges instance masks
+    too (mmdet 3.3.0's asserts there are none).
 
     Defined on first use: mmdet is imported here, not when ``adpe.mm`` is.
     """
@@ -159,15 +159,6 @@ def _det_mask_tta_class() -> type:
             return merged
 
     return DetMaskTTAModel
-
-
-@MODELS.register_module(name="AdPEDetTTAModel")
-def build_det_mask_tta_model(**kwargs):
-    """``tta_model=dict(type='AdPEDetTTAModel', tta_cfg=...)``: mmdet's DetTTAModel, merging masks as well.
-
-    A builder function rather than the class, so that registering it does not import mmdet.
-    """
-    return _det_mask_tta_class()(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------
