@@ -28,6 +28,7 @@ def smooth_images(folder: Path, count: int, size: int = 128, seed: int = 0) -> P
 def image_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("imagenet")
     smooth_images(root / "train", 16)
+    smooth_images(root / "val", 4, seed=1)  # the demo configs' kNN monitor classifies these
     return root
 
 

@@ -118,7 +118,7 @@ def test_every_coco_config_builds(path):
         windowed = 8 * 2 * (2 * 14 - 1) * 64  # decomposed bias, per axis (2S-1) x head_dim
         global_ = 4 * 2 * (2 * 64 - 1) * 64
         ours = sum(p.numel() for p in model.backbone.parameters())
-        assert ours == encoder + (64 * 64 + 1) * 768 + windowed + global_
+        assert ours == encoder + (14 * 14 + 1) * 768 + windowed + global_  # ViTDet's 224^2 table (+ cls slot)
 
 
 def test_tiny_mask_rcnn_trains_and_dist_test_reports_box_and_mask_ap(tmp_path):

@@ -103,3 +103,15 @@ def test_two_processes_gather_the_single_process_features(imagenet, tmp_path):
     single = hook._features(backbone, data["bank"][0], data["bank"][1], data["preprocessor"])
     assert single.shape == (24, 192)
     torch.testing.assert_close(torch.load(out), single)
+
+
+def test_a_folder_without_labelled_splits_is_refused_before_training(tmp_path, imagenet):
+    """The demo configs monitor the pretraining folder's train/ and val/: a folder without val/ stops the run at
+    its start, saying what to give or how to turn the monitor off."""
+    import shutil
+
+    root = tmp_path / "unlabelled"
+    shutil.copytree(imagenet / "train", root / "train")
+    with pytest.raises(FileNotFoundError, match=r"no folder .*unlabelled/val of labelled images .*data_root=None"):
+        pretrain(tmp_path / "work", root, knn=True)
+    assert not list((tmp_path / "work").glob("epoch_*.pth"))

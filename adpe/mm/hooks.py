@@ -51,8 +51,6 @@ from mmengine.logging import print_log
 from mmengine.optim import OptimWrapper
 from mmengine.registry import HOOKS
 from mmengine.runner import BaseLoop, IterBasedTrainLoop, Runner
-from mmpretrain.datasets import CustomDataset
-from mmpretrain.models import ClsDataPreprocessor
 
 from adpe.checkpoint import atomic_write, load_checkpoint_file, remove_stale_temporaries, url_scheme
 from adpe.knn import knn_accuracy, probe_backbone
@@ -602,7 +600,11 @@ class KNNMonitorHook(Hook):
         self._data: dict | None = None
 
     def before_train(self, runner) -> None:
-        if self.data_root is not None and self.at_start and runner.iter == 0:
+        if self.data_root is None:
+            return
+        mae = bare_model(runner.model).mae
+        self._datasets(runner, mae.grid[0] * mae.patch_size)  # a missing folder fails now, not after an epoch
+        if self.at_start and runner.iter == 0:
             self.evaluate(runner, epochs=0)
 
     def after_train_epoch(self, runner) -> None:
@@ -612,6 +614,10 @@ class KNNMonitorHook(Hook):
 
     def _datasets(self, runner, crop: int) -> dict:
         """{'bank' / 'queries': (dataset, the selected indices, their labels)}, built once."""
+        # imported here, not with adpe.mm: mmpretrain's datasets and models import mmdet (seconds of start-up)
+        from mmpretrain.datasets import CustomDataset
+        from mmpretrain.models import ClsDataPreprocessor
+
         if self._data is None:
             root = self.data_root
             if root == "pretraining":
@@ -623,6 +629,12 @@ class KNNMonitorHook(Hook):
                         dict(type="mmpretrain.CenterCrop", crop_size=crop), dict(type="mmpretrain.PackInputs")]
             self._data = {"preprocessor": ClsDataPreprocessor(mean=self.mean, std=self.std, to_rgb=True)}
             for name, (split, cap) in self.splits.items():
+                if not osp.isdir(osp.join(root, split)):
+                    raise FileNotFoundError(
+                        f"KNNMonitorHook: no folder {osp.join(root, split)} of labelled images (one sub-folder per "
+                        f"class) for the kNN {name}. Point the hook at a folder with {self.splits['bank'][0]}/ and "
+                        f"{self.splits['queries'][0]}/ (KNNMonitorHook's data_root in custom_hooks), or set its "
+                        "data_root=None to turn the monitor off.")
                 dataset = CustomDataset(data_root=root, data_prefix=split, pipeline=pipeline)
                 labels = np.asarray(dataset.get_gt_labels())
                 keep = np.concatenate([np.flatnonzero(labels == c)[:cap] for c in np.unique(labels)])
