@@ -15,5 +15,6 @@ from adpe.mm import (  # noqa: F401  (registration)
     neck,
     patches,
     pretrain,
+    records,
     transfer,
 )
