@@ -3,7 +3,9 @@
 A *statistic* maps image weights (B, I) -- image i drawn w_i times in draw b -- to the metric of each draw (B,)
 (``adpe.report.samples``: mIoU, top-k accuracy, COCO AP). With one run per side:
 
-- ``interval``: the percentile bootstrap of ``scipy.stats.bootstrap`` over the test images;
+- ``interval``: the bootstrap of ``scipy.stats.bootstrap`` over the test images: percentile intervals, or for
+  COCO AP the basic (reverse percentile) one -- resampled images raise AP (its precision envelope is a maximum
+  over noisy precisions), and the basic interval reflects that shift back about the estimate;
 - ``paired_delta``: the same, of the difference A - B, both runs under the *same* image draws (the images are
   the pairing), with the fraction of draws whose delta has the other sign than the point delta.
 
@@ -93,20 +95,21 @@ def counts(indices: np.ndarray, n_images: int) -> np.ndarray:
     return flat.reshape(indices.shape[0], n_images).astype(np.float64)
 
 
-def _bootstrap(statistic: Statistic, n_images: int, draws: int, seed: int, level: float):
-    """scipy's percentile bootstrap over image indices: each resample of the images becomes weights (B, I)."""
+def _bootstrap(statistic: Statistic, n_images: int, draws: int, seed: int, level: float, method: str):
+    """scipy's bootstrap over image indices (``method``: 'percentile' or 'basic'): each resample of the images
+    becomes weights (B, I)."""
     def on_indices(idx: np.ndarray, axis: int = -1) -> np.ndarray:
         return statistic(counts(idx, n_images))
 
     return stats.bootstrap((np.arange(n_images),), on_indices, vectorized=True, n_resamples=draws, batch=BLOCK,
-                           method="percentile", confidence_level=level, rng=np.random.default_rng(seed))
+                           method=method, confidence_level=level, rng=np.random.default_rng(seed))
 
 
-def interval(statistic: Statistic, n_images: int, draws: int = DRAWS, seed: int = SEED,
-             level: float = LEVEL) -> Interval:
+def interval(statistic: Statistic, n_images: int, draws: int = DRAWS, seed: int = SEED, level: float = LEVEL,
+             method: str = "percentile") -> Interval:
     """The metric of one run with its bootstrap interval over its ``n_images`` test images."""
     point = float(statistic(np.ones((1, n_images)))[0])
-    res = _bootstrap(statistic, n_images, draws, seed, level)
+    res = _bootstrap(statistic, n_images, draws, seed, level, method)
     return Interval(point, float(res.confidence_interval.low), float(res.confidence_interval.high), n_images, 1,
                     draws, level)
 
@@ -135,38 +138,39 @@ def _point(statistics: Sequence[Statistic], n_images: int) -> tuple[float, float
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
-def _bounds(values: np.ndarray, level: float) -> tuple[float, float]:
-    """Percentile bounds, as scipy's percentile method takes them."""
+def _bounds(values: np.ndarray, level: float, method: str = "percentile", point: float = 0.0) -> tuple[float, float]:
+    """The bounds from bootstrap ``values`` (B,) as scipy's methods take them: 'percentile' the quantiles, 'basic'
+    the quantiles reflected about the ``point`` (2 point - q), which undoes a shift of the draws."""
     alpha = (1 - level) / 2
-    low, high = np.percentile(values, [100 * alpha, 100 * (1 - alpha)])
-    return float(low), float(high)
+    low, high = (float(q) for q in np.percentile(values, [100 * alpha, 100 * (1 - alpha)]))
+    return (low, high) if method == "percentile" else (2 * point - high, 2 * point - low)
 
 
 def seed_interval(statistics: Sequence[Statistic], n_images: int, draws: int = DRAWS, seed: int = SEED,
-                  level: float = LEVEL) -> Interval:
+                  level: float = LEVEL, method: str = "percentile") -> Interval:
     """The mean over seeds with its interval: ``interval`` for one seed, else seeds then images resampled."""
     if len(statistics) == 1:
-        return interval(statistics[0], n_images, draws, seed, level)
+        return interval(statistics[0], n_images, draws, seed, level, method)
     point, std = _point(statistics, n_images)
-    low, high = _bounds(_two_level([statistics], n_images, draws, seed)[0], level)
+    low, high = _bounds(_two_level([statistics], n_images, draws, seed)[0], level, method, point)
     return Interval(point, low, high, n_images, len(statistics), draws, level, std)
 
 
 def paired_delta(a: Sequence[Statistic], b: Sequence[Statistic], n_images: int, draws: int = DRAWS,
-                 seed: int = SEED, level: float = LEVEL) -> Delta:
+                 seed: int = SEED, level: float = LEVEL, method: str = "percentile") -> Delta:
     """A - B (each a list of per-seed statistics on the same ``n_images`` images, in the same order): the same
     image draws for both sides. One seed each: scipy's paired percentile bootstrap; else the two-level one."""
     point_a, std_a = _point(a, n_images)
     point_b, _ = _point(b, n_images)
     point = point_a - point_b
     if len(a) == 1 and len(b) == 1:
-        res = _bootstrap(lambda w: a[0](w) - b[0](w), n_images, draws, seed, level)
+        res = _bootstrap(lambda w: a[0](w) - b[0](w), n_images, draws, seed, level, method)
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
         values = res.bootstrap_distribution
     else:
         side_a, side_b = _two_level([a, b], n_images, draws, seed)
         values = side_a - side_b
-        low, high = _bounds(values, level)
+        low, high = _bounds(values, level, method, point)
     return Delta(point, low, high, n_images, max(len(a), len(b)), draws, level, None, sign_flip(values, point),
                  verdict(low, high))
 
