@@ -172,3 +172,63 @@ def compute(rows: list[Row], base: Row | None) -> Uncertainty:
             except ImageSetMismatch as err:
                 out.notes.append(f"{row.label} against {base.label}, {metric.label}: {err}")
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Any two test work dirs (tools/compare.py)
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Compared:
+    """One shared metric of two runs: each run's value and interval, and the paired delta A - B."""
+
+    name: str
+    decimals: int
+    a: stats.Interval
+    b: stats.Interval
+    delta: stats.Delta
+
+
+def _task_statistics(records: samples.Records) -> list[tuple[str, float, int, StatisticOf, int, str]]:
+    """(name, scale, decimals, statistic of the records, draws, method) of every metric a task's records give."""
+    if records.task == "seg":
+        return [("mIoU", 1.0, 2, lambda r: lambda w: samples.miou(r, w), stats.DRAWS, "percentile")]
+    if records.task == "cls":
+        return [(f"top-{k}", 1.0, 2, lambda r, k=k: lambda w: samples.accuracy(r, w, k), stats.DRAWS, "percentile")
+                for k in (1, 5) if k <= records.arrays["topk_classes"].shape[1]]
+    out = []
+    for prefix in samples.det_prefixes(records):
+        kind = {"bbox.": "box", "segm.": "mask"}.get(prefix, prefix[:-1])
+        for label, thr in (("AP", None), ("AP50", 0.5), ("AP75", 0.75)):
+            out.append((f"{kind} {label}", 100.0, 1, lambda r, p=prefix[:-1], t=thr: lambda w: samples.coco_ap(
+                r, p, w, iou_thr=t), stats.COCO_DRAWS, "basic"))
+    return out
+
+
+def compare_dirs(dir_a: str | Path, dir_b: str | Path, tta: bool = False, shared_only: bool = False,
+                 draws: int | None = None) -> list[Compared]:
+    """Every metric both work dirs' records give (a test work dir, or a stage dir of seed_N/ dirs), paired on
+    their test images. FileNotFoundError without records; ImageSetMismatch for different images (unless
+    ``shared_only``: then on the shared ones)."""
+    runs = []
+    for folder in (Path(dir_a), Path(dir_b)):
+        run = run_records(folder, tta)
+        if run is None:
+            raise FileNotFoundError(f"{folder} has no test records ({samples.RECORDS[tta]} beside "
+                                    f"{TEST_RESULTS[tta]}): test it with tools/test.py CONFIG CHECKPOINT "
+                                    f"--work-dir {folder}{' --tta' if tta else ''}")
+        runs.append(run)
+    a, b = runs
+    ids = shared_images(a, b, shared_only)
+    names_b = {name for name, *_ in _task_statistics(b.seeds[0])}
+    out = []
+    for name, scale, decimals, make, n_draws, method in _task_statistics(a.seeds[0]):
+        if name not in names_b:
+            continue
+        n_draws = draws or n_draws
+        fa = [make(r if ids == r.image_ids.tolist() else r.take(ids)) for r in a.seeds]
+        fb = [make(r if ids == r.image_ids.tolist() else r.take(ids)) for r in b.seeds]
+        out.append(Compared(name, decimals,
+                            stats.seed_interval(fa, len(ids), n_draws, method=method).scaled(scale),
+                            stats.seed_interval(fb, len(ids), n_draws, method=method).scaled(scale),
+                            stats.paired_delta(fa, fb, len(ids), n_draws, method=method).scaled(scale)))
+    return out

@@ -98,8 +98,8 @@ class Records:
         where = {i: n for n, i in enumerate(self.image_ids.tolist())}
         index = np.array([where[i] for i in ids], dtype=np.int64)
         if self.task != "det":
-            return Records(self.task, self.image_ids[index], {k: v[index] for k, v in self.arrays.items()},
-                           self.metrics)
+            per_image = {k: v[index] for k, v in self.arrays.items() if v.ndim and len(v) == self.n_images}
+            return Records(self.task, self.image_ids[index], {**self.arrays, **per_image}, self.metrics)
         # detections keep their image's position in the new order (pycocotools sorts images by id: the
         # within-score-tie order may change, nothing else)
         arrays = dict(self.arrays)
