@@ -314,6 +314,11 @@ def _category_precision(wd: np.ndarray, tps: np.ndarray, fps: np.ndarray, n_gt: 
     pr = tp / (fp + tp + np.spacing(1))
     pr = np.maximum.accumulate(pr[..., ::-1], axis=2)[..., ::-1]  # pycocotools' right-to-left max loop
     q = np.zeros((n_draws, n_thr, len(rec_thrs)))
+    if n_det * len(rec_thrs) <= 8192:  # few detections: count "recall < threshold" at once (what searchsorted does)
+        index = (rc[..., None, :] < rec_thrs[:, None]).sum(axis=-1)  # (B, T, R)
+        inside = (index < n_det) & (n_gt[:, None, None] > 0)
+        q[inside] = np.take_along_axis(pr, np.minimum(index, n_det - 1), axis=2)[inside]
+        return q.mean(axis=(1, 2))
     for b in range(n_draws):
         if n_gt[b] <= 0:
             continue

@@ -99,7 +99,8 @@ def _bootstrap(statistic: Statistic, n_images: int, draws: int, seed: int, level
     """scipy's bootstrap over image indices (``method``: 'percentile' or 'basic'): each resample of the images
     becomes weights (B, I)."""
     def on_indices(idx: np.ndarray, axis: int = -1) -> np.ndarray:
-        return statistic(counts(idx, n_images))
+        values = statistic(counts(idx, n_images))
+        return values[0] if idx.ndim == 1 else values  # scipy's 'basic' also asks for the estimate: a scalar
 
     return stats.bootstrap((np.arange(n_images),), on_indices, vectorized=True, n_resamples=draws, batch=BLOCK,
                            method=method, confidence_level=level, rng=np.random.default_rng(seed))
