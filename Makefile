@@ -19,7 +19,7 @@ demo: setup
 	bash tools/pipeline.sh --config tools/demo_pipeline.yaml
 
 env: setup
-	$(PY) -m adpe.env
+	$(PY) -m adpe.tooling.env
 
 clean-venv:
 	rm -rf .venv

@@ -32,17 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision import io as tv_io
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
-
-try:  # keep the constants identical to timm's when it is installed
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-except ImportError:  # pragma: no cover - timm is a dependency, this is only a fallback
-    IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-    IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -58,7 +53,7 @@ __all__ = [
     "to_rgb",
 ]
 
-logger = logging.getLogger("adpe.data")
+logger = logging.getLogger(__name__)
 
 #: Accepted file extensions (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adpe.backbone import ViTBackbone
 from adpe.checkpoint import fit_to_backbone, to_backbone_state
+from adpe.models.backbone import ViTBackbone
 
 __all__ = ["knn_accuracy", "knn_scores", "probe_backbone"]
 
@@ -60,8 +60,8 @@ def knn_accuracy(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_label
 
 def probe_backbone(mae) -> ViTBackbone:
     """A ``ViTBackbone`` in cls mode with average pooling (the linear probe's features: a fresh ``fc_norm`` of the
-    mean patch token) holding ``mae``'s (an ``adpe.mae.MaskedAutoencoder``) current encoder weights, on its device,
-    in eval mode. Positions are the clean ones: no mask, no adversary. Relative positions as a transfer backbone
+    mean patch token) holding ``mae``'s (an ``adpe.models.mae.MaskedAutoencoder``) current encoder weights, on its
+    device, in eval mode. Positions are the clean ones: no mask, no adversary. Relative positions as a transfer backbone
     resolves 'auto' in cls mode: the iRPE tables of an RPE model, none for APE. Built on the CPU without touching
     the global random state (its initial weights are all replaced but fc_norm's ones and zeros), so a monitored
     run trains exactly as an unmonitored one."""

@@ -1,3 +1,3 @@
 _base_ = ['./_base_/pretrain_runtime.py']
-# MAE+ baseline with iRPE (released 400-epoch ViT-B: 84.2).
+# MAE+ baseline with iRPE (published: protocol imagenet_ft, adpe/report/published.json).
 model = dict(position='rpe', rpe_lookup='discrete')

@@ -55,9 +55,8 @@ def timm_block_outputs():
 def _random_timm_vit(**kw):
     """A tiny timm VisionTransformer (the release fixture's dimensions: 112^2, 192-d, 4 blocks, 3 heads, 10
     classes unless ``kw`` says otherwise) with non-trivial values in every tensor, norms and biases included."""
+    import timm
     import torch
-
-    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = timm.models.VisionTransformer(**{"img_size": 112, "patch_size": 16, "embed_dim": 192, "depth": 4,
                                              "num_heads": 3, "num_classes": 10, **kw}).eval()

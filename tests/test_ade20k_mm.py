@@ -21,8 +21,8 @@ from mmseg.registry import MODELS  # noqa: E402
 
 import adpe.checkpoint  # noqa: E402
 import adpe.mm  # noqa: E402,F401
-from adpe.backbone import block_outputs  # noqa: E402
 from adpe.checkpoint import CheckpointMismatchError  # noqa: E402
+from adpe.models.backbone import block_outputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -40,61 +40,6 @@ def build_backbone(**kw):
     backbone = MODELS.build(cfg)
     backbone.init_weights()
     return backbone.eval()
-
-
-def test_official_adpe_release_reproduces_released_block_outputs():
-    """The fixture's block outputs come from the paper's released fine-tuning ViT (discrete iRPE)."""
-    expected = torch.load(FIXTURES / "official_adpe_rpe_expected_112.pt", weights_only=True)
-    backbone = build_backbone(init_cfg=dict(type="Pretrained", checkpoint=str(FIXTURES / "official_adpe_rpe_tiny.pth")))
-    assert (backbone.rel_pos, backbone.rpe_lookup) == ("irpe", "discrete")
-    with torch.no_grad():
-        outputs = block_outputs(backbone, expected["x"])
-    for ours, theirs in zip(outputs, expected["block_outputs"], strict=True):
-        assert (ours - theirs).abs().max() <= 1e-4
-
-
-def _timm_parity(size: str, embed_dim: int, depth: int, heads: int, tmp_path: Path, timm_block_outputs):
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    reference = timm.models.VisionTransformer(img_size=224, patch_size=16, embed_dim=embed_dim, depth=depth,
-                                              num_heads=heads, num_classes=0).eval()
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.normal_(std=0.05)  # non-trivial values everywhere, biases and norms included
-    release = {"model": {**reference.state_dict(), "mask_token": torch.zeros(1, 1, 512),
-                         "decoder_embed.weight": torch.zeros(512, embed_dim)}}
-    path = tmp_path / "mae_release.pth"
-    torch.save(release, path)
-    backbone = build_backbone(size=size, img_size=224, rel_pos="none", out_indices=(depth - 1,),
-                              init_cfg=dict(type="Pretrained", checkpoint=str(path)))
-    x = torch.randn(2, 3, 224, 224)
-    captured = timm_block_outputs(reference, x)
-    with torch.no_grad():
-        ours = block_outputs(backbone, x)
-    assert len(ours) == depth
-    for a, b in zip(ours, captured, strict=True):
-        assert (a - b).abs().max() <= 1e-4
-
-
-def test_official_mae_layout_matches_timm_vit_tiny_width(tmp_path, timm_block_outputs):
-    _timm_parity("tiny", 192, 4, 3, tmp_path, timm_block_outputs)
-
-
-@pytest.mark.slow
-def test_official_mae_layout_matches_timm_vit_b(tmp_path, timm_block_outputs):
-    _timm_parity("base", 768, 12, 12, tmp_path, timm_block_outputs)
-
-
-def test_rpe_coordinate_checkpoint_selects_continuous_lookup(tmp_path):
-    ours = {"meta": {"cfg": "model = dict(type='AdPEPretrainer', position='rpe', rpe_lookup='continuous')"},
-            "state_dict": {}}
-    release = adpe.checkpoint.load_checkpoint_file(FIXTURES / "official_adpe_rpe_tiny.pth")
-    ours["state_dict"] = {f"mae.{k}": v for k, v in release["model"].items()}
-    ours["state_dict"]["mae.adversary.encoder.0"] = torch.zeros(2)
-    path = tmp_path / "epoch_400.pth"
-    torch.save(ours, path)
-    backbone = build_backbone(init_cfg=dict(type="Pretrained", checkpoint=str(path)))
-    assert (backbone.rel_pos, backbone.rpe_lookup) == ("irpe", "continuous")
 
 
 def test_release_rpe_coordinate_checkpoint_loads_with_auto_settings(tmp_path, release_rpe_coordinate_checkpoint):
@@ -116,7 +61,7 @@ def test_resolved_backbone_settings_reach_the_saved_config():
     which the work dir's copy and every checkpoint's meta are made from."""
     from types import SimpleNamespace
 
-    from adpe.mm.transfer import ResolvedBackboneHook
+    from adpe.mm.hooks import ResolvedBackboneHook
 
     cfg = Config.fromfile(ROOT / "benchmarks/ade20k/upernet_adpe_vit_tiny_demo.py")
     assert {"type": "ResolvedBackboneHook"} in cfg.custom_hooks
@@ -173,7 +118,7 @@ def test_every_ade20k_config_builds(path):
 
 
 def test_vit_b_backbone_parameter_count_and_layer_decay():
-    timm = pytest.importorskip("timm")
+    import timm
     cfg = Config.fromfile(ROOT / "benchmarks/ade20k/upernet_adpe_vitb.py")
     model = MODELS.build(cfg.model)
     reference = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
@@ -203,7 +148,7 @@ def test_vit_b_backbone_parameter_count_and_layer_decay():
 
 
 def test_tiny_upernet_trains_and_dist_test_reports_miou(tmp_path):
-    from adpe.demo.data import write_ade20k
+    from adpe.tooling.demo_data import write_ade20k
 
     data = write_ade20k(tmp_path / "ade20k", n_train=32, n_val=8, size=128, seed=0)
     work = tmp_path / "work"

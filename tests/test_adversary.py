@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from adpe.adversary import PositionAdversary, project_
-from adpe.mae import MaskedAutoencoder
+from adpe.models.adversary import PositionAdversary, project_
+from adpe.models.mae import MaskedAutoencoder
 from adpe.optim import pretrain_param_groups
 
 VARIANTS = {

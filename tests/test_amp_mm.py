@@ -1,7 +1,7 @@
 """What ``--amp`` (AutoAmpOptimWrapper) builds where bf16 is native and where it is only emulated.
 
 The capability is faked both ways at torch's own test (``torch.ops.mkldnn._is_mkldnn_bf16_supported`` for CPUs,
-``torch.cuda.is_bf16_supported`` for GPUs), so ``adpe.env.native_bf16`` runs as it does on a real machine.
+``torch.cuda.is_bf16_supported`` for GPUs), so ``adpe.device.native_bf16`` runs as it does on a real machine.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
-from adpe import env  # noqa: E402
-from adpe.mm.engine import AutoAmpOptimWrapper, AutocastOptimWrapper  # noqa: E402
+from adpe import device  # noqa: E402
+from adpe.mm.optim import AutoAmpOptimWrapper, AutocastOptimWrapper  # noqa: E402
 from adpe.mm.runner import build_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,14 +82,14 @@ def test_gpu_that_only_emulates_bf16_gets_fp16(monkeypatch, capability, expected
         warnings.simplefilter("ignore")
         wrapper = AutoAmpOptimWrapper(optimizer=optimizer())
     assert type(wrapper) is expected
-    assert env.native_bf16("cuda") is (capability >= (8, 0))
+    assert device.native_bf16("cuda") is (capability >= (8, 0))
 
 
 def test_native_bf16_follows_torchs_cpu_test(monkeypatch):
     for native in (True, False):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
-        assert env.native_bf16("cpu") is native
-    assert env.native_bf16("mps") is False
+        assert device.native_bf16("cpu") is native
+    assert device.native_bf16("mps") is False
 
 
 def test_amp_run_on_an_emulating_cpu_trains_in_fp32_and_logs_it(monkeypatch, image_folder, tmp_path):

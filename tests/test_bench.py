@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adpe import bench
+from adpe.tooling import bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def fake_runs(monkeypatch):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_pretrain_benchmark_does_not_run_bf16_where_it_is_emulated(monkeypatch, capsys, fake_runs, native):
-    """On a CPU without native bf16 (adpe.env.native_bf16, --amp's rule) the bf16 row reads EMULATED: no worker
+    """On a CPU without native bf16 (adpe.device.native_bf16, --amp's rule) the bf16 row reads EMULATED: no worker
     runs it, no bf16 peak is measured, and the run still succeeds."""
     tool = load_tool("benchmark_pretrain")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)

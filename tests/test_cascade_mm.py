@@ -309,7 +309,7 @@ def test_tiny_cascade_trains_a_step_on_coco_data(tmp_path):
     from mmengine.dataset import pseudo_collate
     from mmengine.optim import build_optim_wrapper
 
-    from adpe.demo.data import write_coco
+    from adpe.tooling.demo_data import write_coco
 
     cfg = tiny_detector_cfg()
     data = write_coco(tmp_path / "coco", n_train=2, n_val=1, size=SIZE, seed=0)

@@ -59,7 +59,7 @@ def test_rpe_release_loads_into_detection_backbone_with_explained_keys_only():
 
 
 def test_ape_release_loads_into_detection_backbone(tmp_path):
-    timm = pytest.importorskip("timm")
+    import timm
     reference = timm.models.VisionTransformer(img_size=224, patch_size=16, embed_dim=192, depth=4, num_heads=3,
                                               num_classes=0)
     torch.save({"model": reference.state_dict()}, tmp_path / "mae.pth")
@@ -111,7 +111,7 @@ def test_every_coco_config_builds(path):
         assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.7
         assert model.rpn_head.num_convs == 2
         assert model.roi_head.bbox_head.num_shared_convs == 4 and model.roi_head.bbox_head.num_shared_fcs == 1
-        timm = pytest.importorskip("timm")
+        import timm
         reference = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
         encoder = sum(p.numel() for n, p in reference.named_parameters()
                       if n not in ("pos_embed", "cls_token") and not n.startswith("norm."))
@@ -122,7 +122,7 @@ def test_every_coco_config_builds(path):
 
 
 def test_tiny_mask_rcnn_trains_and_dist_test_reports_box_and_mask_ap(tmp_path):
-    from adpe.demo.data import write_coco
+    from adpe.tooling.demo_data import write_coco
 
     data = write_coco(tmp_path / "coco", n_train=32, n_val=8, size=128, seed=0)
     ann = f"{data}/annotations/instances_val2017.json"
@@ -155,7 +155,7 @@ def train_on_one_batch(cfg: Config, tmp_path: Path, images: int, steps: int) -> 
     from mmengine.dataset import pseudo_collate
     from mmengine.optim import build_optim_wrapper
 
-    from adpe.demo.data import write_coco
+    from adpe.tooling.demo_data import write_coco
 
     data = write_coco(tmp_path / "coco", n_train=images, n_val=1, size=128, seed=0)
     cfg.train_dataloader.dataset.data_root = f"{data}/"

@@ -24,7 +24,7 @@ from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.registry import DATASETS, TRANSFORMS, init_default_scope  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
-from adpe.demo.data import CLASSES, write_ade20k, write_coco  # noqa: E402
+from adpe.tooling.demo_data import CLASSES, write_ade20k, write_coco  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ADE_DEMO = ROOT / "benchmarks/ade20k/upernet_adpe_vit_tiny_demo.py"

@@ -1,4 +1,4 @@
-"""Tests for adpe.demo.data: scene rendering, the three on-disk formats, determinism and idempotence."""
+"""Tests for adpe.tooling.demo_data: scene rendering, the three on-disk formats, determinism and idempotence."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adpe.demo import data as dd
+from adpe.tooling import demo_data as dd
 
 # Short sides drawn in [low, high], aspect ratios from dd.ASPECT_RATIOS (the demo's real-shape mode).
 SMALL_IMAGENET = dict(n_per_class=2, n_val_per_class=1, size=[40, 56])

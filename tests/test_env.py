@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adpe import env
+from adpe.tooling import env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def test_setup_reads_the_build_as_shell_assignments(tmp_path):
     nvcc = tmp_path / "nvcc"
     nvcc.write_text("#!/bin/sh\n")
     nvcc.chmod(nvcc.stat().st_mode | stat.S_IEXEC)
-    script = (f'eval "$({sys.executable} -m adpe.env --mmcv-build)"; '
+    script = (f'eval "$({sys.executable} -m adpe.tooling.env --mmcv-build)"; '
               'echo "$MMCV_FLAVOUR|$MMCV_CUDA_ARCHS|$MMCV_FORCE_CUDA"')
     run_env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "TORCH_CUDA_ARCH_LIST": "9.0"}
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=ROOT, env=run_env)
@@ -76,7 +76,7 @@ def test_missing_cuda_ops_fail_the_check_with_a_rebuild_recipe(monkeypatch):
 @pytest.mark.mm
 def test_compiled_ops_run_here_and_the_report_names_every_component():
     env.check_mmcv_ops()  # nms and roi_align give the right answers on every device of this machine
-    out = subprocess.run([sys.executable, "-m", "adpe.env"], check=True, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "adpe.tooling.env"], check=True, capture_output=True, text=True,
                          cwd=ROOT).stdout
     for key in ("torch", "mmcv.ops", "mmseg", "mmdet", "device", "threads", "mmcv wheel"):
         assert f"{key}:" in out

@@ -21,9 +21,9 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
-from adpe.backbone import ViTBackbone, block_outputs  # noqa: E402
 from adpe.checkpoint import CheckpointMismatchError, load_checkpoint_file  # noqa: E402
-from adpe.mm.classification import build_mae_lars  # noqa: E402
+from adpe.mm.optim import build_mae_lars  # noqa: E402
+from adpe.models.backbone import ViTBackbone, block_outputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -218,7 +218,7 @@ def _train_and_test(config: str, data: Path, work: Path, options: list[str], in_
 @pytest.fixture(scope="module")
 def easy_imagenet(tmp_path_factory) -> Path:
     """An ImageNet-format folder whose classes also differ in colour: learnable in a few CPU seconds."""
-    from adpe.demo.data import write_imagenet
+    from adpe.tooling.demo_data import write_imagenet
 
     return write_imagenet(tmp_path_factory.mktemp("data") / "imagenet", n_per_class=16, n_val_per_class=8, size=64,
                           class_appearance=True)

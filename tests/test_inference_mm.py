@@ -25,10 +25,10 @@ from mmengine.registry import MODELS, init_default_scope  # noqa: E402
 from mmengine.runner import load_checkpoint  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
-from adpe.backbone import STRUCTURE_KEY  # noqa: E402
 from adpe.checkpoint import CheckpointMismatchError  # noqa: E402
+from adpe.mm.hooks import ResolvedBackboneHook  # noqa: E402
 from adpe.mm.inference import trained_model_config  # noqa: E402
-from adpe.mm.transfer import ResolvedBackboneHook  # noqa: E402
+from adpe.models.backbone import STRUCTURE_KEY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -87,16 +87,17 @@ def det_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ade_data(tmp_path_factory):
-    from adpe.demo.data import write_ade20k
+    from adpe.tooling.demo_data import write_ade20k
 
-    return write_ade20k(tmp_path_factory.mktemp("ade") / "ade20k", n_train=1, n_val=2, size=128, seed=0)
+    # the demo's real-shape images (ADE20K's aspect ratios, short side 96-160), not squares
+    return write_ade20k(tmp_path_factory.mktemp("ade") / "ade20k", n_train=1, n_val=2, size=[96, 160], seed=0)
 
 
 @pytest.fixture(scope="module")
 def coco_data(tmp_path_factory):
-    from adpe.demo.data import write_coco
+    from adpe.tooling.demo_data import write_coco
 
-    return write_coco(tmp_path_factory.mktemp("coco") / "coco", n_train=1, n_val=2, size=128, seed=0)
+    return write_coco(tmp_path_factory.mktemp("coco") / "coco", n_train=1, n_val=2, size=[96, 160], seed=0)
 
 
 def seg_model(**backbone):
@@ -201,8 +202,11 @@ def test_seg_test_writes_drawings_predictions_and_metrics_where_asked(seg_run, a
     assert done.returncode == 0, done.stderr[-3000:]
     names = sorted(p.stem for p in (ade_data / "images/validation").glob("*.jpg"))
     assert sorted(p.stem for p in out.glob("*.png")) == names  # mmseg: label PNGs in ADE's 0..150 space
-    labels = np.asarray(Image.open(out / f"{names[0]}.png"))
-    assert labels.shape == (128, 128) and labels.min() >= 1 and labels.max() <= 150
+    for name in names:  # a label map of the image's own shape (not the crop's), classes in ADE's 1..150
+        labels = np.asarray(Image.open(out / f"{name}.png"))
+        with Image.open(ade_data / "images/validation" / f"{name}.jpg") as image:
+            assert labels.shape == (image.height, image.width) != (128, 128)
+        assert labels.min() >= 1 and labels.max() <= 150
     drawings = sorted((show / "vis_data/vis_image").glob("*.png"))
     assert len(drawings) == len(names) and all(n in str(d) for d, n in zip(drawings, names, strict=True))
     assert 0 <= json.loads(metrics.read_text())["metrics"]["mIoU"] <= 100

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from adpe import report
-from adpe.pipeline import PipelineConfig, plan
-from adpe.pipeline import main as pipeline_main
+from adpe.tooling.pipeline import PipelineConfig, plan
+from adpe.tooling.pipeline import main as pipeline_main
 from adpe.report import samples, stats
 
 ROOT = Path(__file__).resolve().parents[1]

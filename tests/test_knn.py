@@ -8,9 +8,9 @@ import math
 import torch
 
 from adpe.knn import knn_accuracy, knn_scores, probe_backbone
-from adpe.mae import MaskedAutoencoder
-from adpe.rpe import grid_lookup
-from adpe.vit import RelPos
+from adpe.models.mae import MaskedAutoencoder
+from adpe.models.rpe import grid_lookup
+from adpe.models.vit import RelPos
 
 
 def brute_force_scores(bank, labels, queries, num_classes, k, temperature):

@@ -18,10 +18,10 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
-from adpe.demo.data import write_imagenet  # noqa: E402
 from adpe.knn import probe_backbone  # noqa: E402
-from adpe.mae import MaskedAutoencoder  # noqa: E402
 from adpe.mm.hooks import KNNMonitorHook  # noqa: E402
+from adpe.models.mae import MaskedAutoencoder  # noqa: E402
+from adpe.tooling.demo_data import write_imagenet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "pretrain/demo/mae_plus_vit_tiny_ape.py"

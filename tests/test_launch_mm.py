@@ -17,8 +17,8 @@ pytestmark = pytest.mark.mm
 from mmengine.registry import MODELS  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
-from adpe.mae import MaskedAutoencoder  # noqa: E402
 from adpe.mm.runner import build_config  # noqa: E402
+from adpe.models.mae import MaskedAutoencoder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "pretrain/demo/adpe_vit_tiny_ape_coord.py")

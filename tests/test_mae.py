@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from adpe.mae import MaskedAutoencoder, random_masking
-from adpe.vit import SIZES
+from adpe.models.mae import MaskedAutoencoder, random_masking
+from adpe.models.vit import SIZES
 
 
 def test_masking_count_and_inverse_permutation():
@@ -105,6 +105,6 @@ def test_invalid_options_are_reported():
 
 
 def test_benchmarks_offer_every_model_size():
-    from adpe import bench
+    from adpe.tooling import bench
 
     assert bench.MODEL_SIZES == tuple(SIZES)

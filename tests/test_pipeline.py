@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from adpe.pipeline import PipelineConfig, main, plan, write_run_files
 from adpe.report import RunInfo
+from adpe.tooling.pipeline import PipelineConfig, main, plan, write_run_files
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_VARIANTS = """
@@ -78,8 +78,8 @@ def test_finished_stages_are_skipped(config, tmp_path, capsys, monkeypatch):
         step.work_dir.mkdir(parents=True, exist_ok=True)
         step.marker.write_text("done\n")
     ran = []
-    monkeypatch.setattr("adpe.pipeline.run_step", lambda step, *a: ran.append(step.stage))
-    monkeypatch.setattr("adpe.pipeline.write_run_files", lambda cfg: None)
+    monkeypatch.setattr("adpe.tooling.pipeline.run_step", lambda step, *a: ran.append(step.stage))
+    monkeypatch.setattr("adpe.tooling.pipeline.write_run_files", lambda cfg: None)
     main(["--config", str(config)])
     assert ran == ["report"]
     assert capsys.readouterr().out.count("done before, skipped") == len(steps) - 1
@@ -105,7 +105,7 @@ def test_tool_is_the_same_command_line(config, capsys):
 
 
 def test_run_files_are_what_the_report_reads(config, tmp_path, monkeypatch):
-    monkeypatch.setattr("adpe.env.collect_env", lambda: {"device": "test"})
+    monkeypatch.setattr("adpe.tooling.env.collect_env", lambda: {"device": "test"})
     cfg = PipelineConfig.load(config)
     write_run_files(cfg)
     assert [RunInfo.read(tmp_path / "work" / v.name / "run.json") for v in cfg.variants] == cfg.variants
@@ -293,9 +293,9 @@ def _fake_runs(monkeypatch, fail: str | None = None) -> list[tuple[str, str, str
         with lock:
             events.append(("end", step.variant, step.stage, threads))
 
-    monkeypatch.setattr("adpe.pipeline.run_step", fake)
-    monkeypatch.setattr("adpe.pipeline.write_run_files", lambda cfg: None)
-    monkeypatch.setattr("adpe.pipeline.available_cpus", lambda: 4)
+    monkeypatch.setattr("adpe.tooling.pipeline.run_step", fake)
+    monkeypatch.setattr("adpe.tooling.pipeline.write_run_files", lambda cfg: None)
+    monkeypatch.setattr("adpe.tooling.pipeline.available_cpus", lambda: 4)
     return events
 
 
@@ -340,7 +340,7 @@ def test_one_job_keeps_the_plan_order_and_all_threads(config, monkeypatch):
 
 def test_a_stage_gets_its_share_of_threads(tmp_path, monkeypatch):
     """The thread count reaches the stage's process (torch reads OMP_NUM_THREADS at start), unless the user set it."""
-    from adpe.pipeline import Step, run_step
+    from adpe.tooling.pipeline import Step, run_step
 
     code = "import os; print('threads', os.environ.get('OMP_NUM_THREADS'), os.environ.get('MKL_NUM_THREADS'))"
     step = Step("report", None, [sys.executable, "-c", code], tmp_path)

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from adpe.pos_embed import grid_coords, sincos_1d, sincos_2d_at, sincos_2d_table
+from adpe.models.pos_embed import grid_coords, sincos_1d, sincos_2d_at, sincos_2d_table
 
 
 def closed_form_table(h: int, w: int, dim: int) -> torch.Tensor:

@@ -42,7 +42,7 @@ def test_every_pretrain_config_builds(path):
 
 
 def test_vit_b_encoder_matches_timm_parameter_count():
-    timm = pytest.importorskip("timm")
+    import timm
     cfg = Config.fromfile(ROOT / "pretrain/mae_plus_vitb_rpe.py")
     with torch.device("meta"):
         mae = MODELS.build(cfg.model).mae
@@ -155,7 +155,7 @@ def test_bf16_autocast_wrapper_on_cpu(image_folder, tmp_path, monkeypatch):
 ])
 def test_amp_picks_bf16_or_fp16_from_the_gpu(monkeypatch, bf16_gpu, asked, expected):
     """What --amp builds on a GPU, with the GPU's capabilities faked (the GPU runs themselves are GPU checks)."""
-    from adpe.mm.engine import AutoAmpOptimWrapper
+    from adpe.mm.optim import AutoAmpOptimWrapper
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
@@ -174,7 +174,7 @@ def test_amp_picks_bf16_or_fp16_from_the_gpu(monkeypatch, bf16_gpu, asked, expec
 
 def test_plain_runner_keeps_the_effective_batch_on_any_world_size(image_folder, tmp_path, monkeypatch):
     """Runner.from_cfg on the ViT-B config, no launcher of ours: 8 processes x 64 images -> 8 accumulation steps."""
-    import adpe.mm.engine as engine
+    import adpe.mm.hooks as hooks
 
     cfg = Config.fromfile(ROOT / "pretrain/adpe_vitb_rpe_coord.py")
     cfg.merge_from_dict({"model.size": "tiny", "train_dataloader.dataset.data_root": str(image_folder),
@@ -184,10 +184,10 @@ def test_plain_runner_keeps_the_effective_batch_on_any_world_size(image_folder, 
     runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
     hook = next(h for h in runner.hooks if type(h).__name__ == "EffectiveBatchHook")
     assert runner.train_dataloader.batch_size == 64 and runner.optim_wrapper._accumulative_counts == 1
-    monkeypatch.setattr(engine, "get_world_size", lambda: 8)
+    monkeypatch.setattr(hooks, "get_world_size", lambda: 8)
     hook.before_run(runner)
     assert runner.optim_wrapper._accumulative_counts == 8
-    monkeypatch.setattr(engine, "get_world_size", lambda: 3)
+    monkeypatch.setattr(hooks, "get_world_size", lambda: 3)
     with pytest.raises(ValueError, match="not a multiple of 3 processes x batch_size 64"):
         hook.before_run(runner)
 
@@ -210,7 +210,7 @@ def test_adversary_hook_projects_only_after_a_parameter_update():
 
     from mmengine.optim import build_optim_wrapper
 
-    from adpe.mm.pretrain import AdversaryHook
+    from adpe.mm.hooks import AdversaryHook
 
     cfg = Config.fromfile(ROOT / "pretrain/demo/adpe_vit_tiny_ape_coord.py")
     model = MODELS.build(cfg.model)
@@ -274,11 +274,11 @@ def _transfer_runner(data_root: Path, work_dir: Path, auto_scale_lr: bool) -> Ru
 def test_transfer_keeps_the_effective_batch_or_scales_the_lr(tmp_path, monkeypatch):
     """4 processes x 2 images: accumulation 2 for ADE20K's 16 images per step; with --auto-scale-lr, no
     accumulation and lr x 8 / 16 (mmengine's scaling). The log says which one is in force."""
-    import adpe.mm.engine as engine
-    from adpe.demo.data import write_ade20k
+    import adpe.mm.hooks as hooks
+    from adpe.tooling.demo_data import write_ade20k
 
     data = write_ade20k(tmp_path / "ade20k", n_train=2, n_val=1, size=32, seed=0)
-    monkeypatch.setattr(engine, "get_world_size", lambda: 4)
+    monkeypatch.setattr(hooks, "get_world_size", lambda: 4)
     for auto_scale_lr, counts, lr in ((False, 2, 2e-4), (True, 1, 1e-4)):
         runner = _transfer_runner(data, tmp_path / f"auto_scale_lr_{auto_scale_lr}", auto_scale_lr)
         hook = next(h for h in runner.hooks if type(h).__name__ == "EffectiveBatchHook")

@@ -37,9 +37,8 @@ from mmengine.registry import MODELS, PARAM_SCHEDULERS, init_default_scope  # no
 from timm.layers import LayerNorm2d  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
-from adpe.backbone import block_outputs  # noqa: E402
-from adpe.checkpoint import CheckpointMismatchError  # noqa: E402
-from adpe.mm.transfer import backbone_settings_of_trained  # noqa: E402
+from adpe.checkpoint import CheckpointMismatchError, backbone_settings_of_trained  # noqa: E402
+from adpe.models.backbone import block_outputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_APE = "benchmarks/imagenet/finetune_adpe_vitb.py"

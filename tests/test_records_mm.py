@@ -42,7 +42,7 @@ def _test(config: str, data_root: str, work, options: dict | None = None) -> tup
 def test_ade20k_records_recompute_mmseg_miou(tmp_path):
     from mmseg.evaluation import IoUMetric
 
-    from adpe.demo.data import write_ade20k
+    from adpe.tooling.demo_data import write_ade20k
 
     data = write_ade20k(tmp_path / "ade20k", n_train=1, n_val=6, size=(96, 160), seed=0)
     metrics, records = _test("benchmarks/ade20k/upernet_adpe_vit_tiny_demo.py", str(data), tmp_path / "work")
@@ -60,7 +60,7 @@ def test_ade20k_records_recompute_mmseg_miou(tmp_path):
 
 
 def test_coco_records_recompute_pycocotools_box_and_mask_ap(tmp_path):
-    from adpe.demo.data import write_coco
+    from adpe.tooling.demo_data import write_coco
 
     data = write_coco(tmp_path / "coco", n_train=1, n_val=6, size=128, seed=0)
     ann = f"{data}/annotations/instances_val2017.json"
@@ -81,7 +81,7 @@ def test_coco_records_recompute_pycocotools_box_and_mask_ap(tmp_path):
 def test_imagenet_records_recompute_mmpretrain_accuracy(tmp_path):
     from mmpretrain.evaluation import Accuracy
 
-    from adpe.demo.data import write_imagenet
+    from adpe.tooling.demo_data import write_imagenet
 
     data = write_imagenet(tmp_path / "imagenet", n_per_class=1, n_val_per_class=6, size=64)
     metrics, records = _test("benchmarks/imagenet/finetune_adpe_vit_tiny_demo.py", str(data), tmp_path / "work")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from adpe.checkpoint import CheckpointMismatchError, load_checkpoint_file, load_pretrainer
-from adpe.mae import MaskedAutoencoder
+from adpe.models.mae import MaskedAutoencoder
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RELEASE_RPE = FIXTURES / "official_adpe_pretrain_mae_plus_rpe_tiny.pth"
@@ -90,8 +90,8 @@ def test_all_six_release_variants_reproduce_the_released_model(tmp_path, variant
 def test_pretrainer_scales_the_query_of_the_relative_term_and_the_backbone_need_not():
     """The pretraining encoder equals a transfer backbone built with rpe_query_scale=True (same weights, no
     mask), and differs from the default (unscaled, the release's fine-tuning ViT)."""
-    from adpe.backbone import ViTBackbone, block_outputs
     from adpe.checkpoint import fit_to_backbone, to_backbone_state
+    from adpe.models.backbone import ViTBackbone, block_outputs
 
     model = load_pretrainer(RELEASE_RPE).eval()
     x = torch.load(EXPECTED, weights_only=True)["x"]

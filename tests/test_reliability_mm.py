@@ -34,8 +34,8 @@ from torch import nn  # noqa: E402
 
 import adpe.mm  # noqa: E402,F401
 from adpe.checkpoint import export_backbone, load_checkpoint_file  # noqa: E402
-from adpe.mm.engine import AtomicLocalBackend  # noqa: E402
 from adpe.mm.hooks import acquire_lock, newest_checkpoint, release_lock  # noqa: E402
+from adpe.mm.patches import AtomicLocalBackend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "tests" / "fixtures" / "official_adpe_rpe_tiny.pth"
@@ -219,7 +219,7 @@ def test_a_failed_write_names_the_file_and_leaves_no_temporary(tmp_path, monkeyp
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    monkeypatch.setattr(checkpoint.files.os, "fsync", full)
     with pytest.raises(OSError, match=r"No space left on device while writing .*iter_1\.pth; the previous file"):
         checkpoint.atomic_write(b"new", tmp_path / "iter_1.pth")
     assert [p.name for p in tmp_path.iterdir()] == ["iter_1.pth"]
@@ -351,6 +351,27 @@ def test_complete_checkpoint_passes_the_fit_check(tmp_path):
     torch.save({"state_dict": {"linear.weight": model.linear.weight}, "meta": {}}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match=r"leaves 6 of the model's 7 weights unset \(linear\.bias"):
         check_checkpoint_fits(model, tmp_path / "partial.pth")
+    reshaped = {**model.state_dict(), "linear.weight": torch.zeros(3, 3)}  # mmengine would skip it with a warning
+    torch.save({"state_dict": reshaped, "meta": {}}, tmp_path / "reshaped.pth")
+    with pytest.raises(ValueError, match=r"1 weights of another shape .*linear\.weight \(3, 3\) \(the model's: "):
+        check_checkpoint_fits(model, tmp_path / "reshaped.pth")
+
+
+def test_a_det_checkpoint_with_a_full_size_position_table_is_refused_with_the_option_that_fits(tmp_path):
+    """A COCO model fine-tuned before ViTDet's 14 x 14 table was reproduced holds a table of its input grid."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    from adpe.mm.inference import check_checkpoint_fits
+
+    init_default_scope("mmdet")
+    cfg = Config.fromfile(ROOT / "benchmarks/coco/mask_rcnn_adpe_vit_tiny_demo.py")
+    cfg.model.backbone.init_cfg = None
+    old = dict(cfg.model, backbone=dict(cfg.model.backbone, pos_embed_size=None))
+    torch.save({"state_dict": MODELS.build(old).state_dict(), "meta": {}}, tmp_path / "old.pth")
+    with pytest.raises(ValueError, match=r"backbone\.pos_embed \(1, 65, 192\) \(the model's: \(1, 50, 192\)\)"
+                                         r".*pos_embed_size=IMAGE_SIZE"):
+        check_checkpoint_fits(MODELS.build(cfg.model), tmp_path / "old.pth")
 
 
 def test_resume_scales_only_the_groups_whose_lr_changed():

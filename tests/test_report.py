@@ -1,4 +1,4 @@
-"""adpe.report and tools/report.py on generated work dirs; adpe.reconstruction and
+"""adpe.report and tools/report.py on generated work dirs; adpe.report.reconstruction and
 tools/visualize_reconstruction.py on a fake checkpoint."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from adpe import reconstruction as recon
 from adpe import report
 from adpe.checkpoint import load_pretrainer
-from adpe.mae import MaskedAutoencoder
+from adpe.models.mae import MaskedAutoencoder
+from adpe.report import reconstruction as recon
 from adpe.report.records import RunInfo, load_published
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -492,3 +493,21 @@ def test_visualize_reconstruction_cli(tmp_path, capsys):
     run = subprocess.run([sys.executable, str(ROOT / "tools/visualize_reconstruction.py"), str(bad), "--images",
                           str(images)], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 1 and "not a pretraining checkpoint" in run.stderr
+
+
+def test_readme_states_only_published_numbers_of_the_protocol_it_names():
+    """The README's configs table names a protocol key of published.json in its 'expected (published)' column;
+    every number there is a published number of a protocol named in the same cell (the file is the one source)."""
+    by_protocol: dict[str, set[float]] = {}
+    for number in report.load_published().numbers:
+        by_protocol.setdefault(number.protocol, set()).add(number.value)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("## Configs", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split(" | ")[3] for line in table.splitlines() if line.startswith("| `")]
+    assert len(cells) > 20
+    for cell in cells:
+        numbers = [float(n) for n in re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", cell)]
+        protocols = re.findall(r"`(\w+)`", cell)
+        assert all(p in by_protocol for p in protocols), cell
+        allowed = set().union(*(by_protocol[p] for p in protocols))
+        assert all(n in allowed for n in numbers), f"not in published.json under {protocols}: {cell}"

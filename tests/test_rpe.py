@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adpe.rpe import (
+from adpe.models.rpe import (
     ALPHA,
     BETA,
     GAMMA,

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from adpe.rel_bias import DecomposedRelPos
-from adpe.vit import Block, window_partition, window_unpartition
+from adpe.models.rel_bias import DecomposedRelPos
+from adpe.models.vit import Block, window_partition, window_unpartition
 
 
 @pytest.mark.parametrize("grid,window", [((14, 14), 7), ((13, 9), 4), ((5, 5), 14)])

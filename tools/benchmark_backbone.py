@@ -1,12 +1,12 @@
 """Benchmark the transfer backbones: forward + backward time and peak memory, fp32 and bf16, side by side.
 
 What it measures
-    One training-mode forward + backward of ``adpe.backbone.ViTBackbone`` (and, for segmentation, of
+    One training-mode forward + backward of ``adpe.models.backbone.ViTBackbone`` (and, for segmentation, of
     mmseg's own ``MAE`` backbone, and of timm's reference models) on a random batch of ``--batch`` images (1);
     the loss is the sum of the means of the returned feature maps, so every output gets a gradient. No optimiser
     step: only the backbone's cost. FLOP per step are counted once per configuration
     (``torch.utils.flop_counter``, fp32 forward + backward) and give TFLOP/s and the share of the hardware's
-    peak: the card's dense datasheet rate (A100 / H100 / H200, ``adpe.bench.DATASHEET_TFLOPS``) and the best
+    peak: the card's dense datasheet rate (A100 / H100 / H200, ``adpe.tooling.bench.DATASHEET_TFLOPS``) and the best
     square matmul measured on this machine in the same dtype, both printed in a small table.
     Each configuration runs in fp32 and under bf16 autocast (``torch.autocast`` on CPU or CUDA; backward
     outside the autocast region), every (configuration, dtype) pair in its own subprocess (this script
@@ -49,13 +49,13 @@ What it measures
     (0, 1, 2, 3); global blocks (1, 3) in detection mode), for a quick check of the script itself.
 
 How to run it
-    PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py                        # ViT-B, everything
-    PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py --only seg --json seg.json
-    PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py --only det --skip-global --dtypes bf16
-    PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py --size tiny --seg-size 128 --det-size 256 \\
+    .venv/bin/python tools/benchmark_backbone.py                        # ViT-B, everything
+    .venv/bin/python tools/benchmark_backbone.py --only seg --json seg.json
+    .venv/bin/python tools/benchmark_backbone.py --only det --skip-global --dtypes bf16
+    .venv/bin/python tools/benchmark_backbone.py --size tiny --seg-size 128 --det-size 256 \\
         --steps 1                                                                       # smoke test
-    PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py --dtypes bf16 --batch 8 --only seg   # GPU, seg
-    PYTHONPATH=. .venv/bin/python tools/benchmark_backbone.py --dtypes bf16 --batch 2 --only det   # GPU, det
+    .venv/bin/python tools/benchmark_backbone.py --dtypes bf16 --batch 8 --only seg   # GPU, seg
+    .venv/bin/python tools/benchmark_backbone.py --dtypes bf16 --batch 2 --only det   # GPU, det
 
     On a machine with CUDA the steps run on the GPU (``--device cpu`` forces the CPU). Run it on an otherwise
     idle machine: with other load on the cores, CPU step times become erratic (the script warns when the
@@ -79,7 +79,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from adpe import bench
+from adpe.tooling import bench
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def build_timm_reference(args: argparse.Namespace, config: Config) -> Any:
     from timm.models.vision_transformer import VisionTransformer
     from timm.models.vision_transformer_sam import VisionTransformerSAM
 
-    from adpe.vit import SIZES
+    from adpe.models.vit import SIZES
 
     dims = SIZES[args.size]
     common = {"patch_size": dims.patch_size, "embed_dim": dims.embed_dim, "depth": dims.depth,
@@ -153,8 +153,8 @@ def build_timm_reference(args: argparse.Namespace, config: Config) -> Any:
 
 def build_model(args: argparse.Namespace, config: Config) -> Any:
     """The configuration's backbone (train mode, not yet on the device)."""
-    from adpe.backbone import ViTBackbone
-    from adpe.vit import SIZES
+    from adpe.models.backbone import ViTBackbone
+    from adpe.models.vit import SIZES
 
     if config.timm:
         model = build_timm_reference(args, config)

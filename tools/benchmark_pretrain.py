@@ -11,7 +11,7 @@ What it measures
     steps with ``time.perf_counter`` and reports the median seconds per step. FLOP per step is counted once
     per variant with ``torch.utils.flop_counter.FlopCounterMode`` over an fp32 forward + backward (matmuls,
     convolutions and attention; the optimiser's element-wise work is not counted); GFLOP/s = that count
-    divided by the step time, for either dtype. Where the device only emulates bf16 (``adpe.env.native_bf16``:
+    divided by the step time, for either dtype. Where the device only emulates bf16 (``adpe.device.native_bf16``:
     e.g. an x86 CPU without AVX-512, where a bf16 step takes about 100x the fp32 one), the bf16 rows are not run
     and read EMULATED: ``--amp`` trains in fp32 there.
 
@@ -31,12 +31,12 @@ What it measures
     peak rates the utilisation column is measured against (see "GPU targets").
 
 How to run it
-    PYTHONPATH=. .venv/bin/python tools/benchmark_pretrain.py                  # ViT-B, all variants
-    PYTHONPATH=. .venv/bin/python tools/benchmark_pretrain.py --json bench.json --threads 2
-    PYTHONPATH=. .venv/bin/python tools/benchmark_pretrain.py --variants mae_plus_rpe adpe_rpe_coord
-    PYTHONPATH=. .venv/bin/python tools/benchmark_pretrain.py --size tiny --images 2 --steps 1  # smoke test
-    PYTHONPATH=. .venv/bin/python tools/benchmark_pretrain.py --images 128 --dtypes bf16 --steps 15   # GPU
-    PYTHONPATH=. .venv/bin/python tools/benchmark_pretrain.py --images 128 --dtypes bf16 --compile \
+    .venv/bin/python tools/benchmark_pretrain.py                  # ViT-B, all variants
+    .venv/bin/python tools/benchmark_pretrain.py --json bench.json --threads 2
+    .venv/bin/python tools/benchmark_pretrain.py --variants mae_plus_rpe adpe_rpe_coord
+    .venv/bin/python tools/benchmark_pretrain.py --size tiny --images 2 --steps 1  # smoke test
+    .venv/bin/python tools/benchmark_pretrain.py --images 128 --dtypes bf16 --steps 15   # GPU
+    .venv/bin/python tools/benchmark_pretrain.py --images 128 --dtypes bf16 --compile \
         --variants mae_plus_ape                                           # the same step under torch.compile
 
     On a machine with CUDA the steps run on the GPU (``--device cpu`` forces the CPU). ViT-B on a 2-core
@@ -53,7 +53,7 @@ Reference figures (ViT-B, 8 images x 4 crops x 112^2, fp32, 2-core CPU)
       * each adversarial variant within 5% of its baseline; RPE coordinate (adpe_rpe_coord) within 15%.
 
 GPU targets (checked for any configuration on CUDA; the issue's reference batch is --images 128)
-    * MAE+ APE ViT-B bf16 at >= 45% of the card's dense bf16 datasheet rate (``adpe.bench.DATASHEET_TFLOPS``);
+    * MAE+ APE ViT-B bf16 at >= 45% of the card's dense bf16 datasheet rate (``adpe.tooling.bench.DATASHEET_TFLOPS``);
     * RPE coordinate (adpe_rpe_coord) <= 1.25x the MAE+ RPE step, with <= 1.20x its peak CUDA memory;
     * each other adversarial variant within 5% of its baseline.
     The utilisation column gives the step's TFLOP/s as a share of the datasheet rate ('sheet', CUDA cards in the
@@ -67,7 +67,7 @@ import sys
 from functools import partial
 from typing import Any
 
-from adpe import bench
+from adpe.tooling import bench
 
 VARIANTS: dict[str, dict[str, str]] = {
     "mae_plus_ape": {},
@@ -110,9 +110,9 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Build one variant, time its training step in one dtype; the result goes to stdout as JSON."""
     import torch
 
-    from adpe.mae import MaskedAutoencoder
+    from adpe.models.mae import MaskedAutoencoder
+    from adpe.models.vit import compile_blocks
     from adpe.optim import pretrain_param_groups
-    from adpe.vit import compile_blocks
 
     device = bench.prepare_worker(args)
     model = MaskedAutoencoder(args.size, img_size=args.img_size, **VARIANTS[args.variant]).to(device)

@@ -11,7 +11,6 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 [[ -x $PYTHON ]] || PYTHON=python3
 NNODES=${NNODES:-1}
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if [[ $GPUS -eq 1 && $NNODES -eq 1 ]]; then
     exec "$PYTHON" "$ROOT/tools/$ENTRY" "$@" --launcher none
 fi

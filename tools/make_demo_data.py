@@ -14,9 +14,7 @@ import os.path as osp
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the checkout, when not installed
-
-from adpe.demo.data import MARKER, SCALES, write_all  # noqa: E402
+from adpe.tooling.demo_data import MARKER, SCALES, write_all
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", default="data/demo", help="output folder (default: data/demo)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--scale", default="demo", choices=sorted(SCALES),
-                        help="dataset sizes, see adpe.demo.data.SCALES (default: demo)")
+                        help="dataset sizes, see adpe.tooling.demo_data.SCALES (default: demo)")
     parser.add_argument("--force", action="store_true", help="rewrite datasets that are already complete")
     return parser.parse_args(argv)
 

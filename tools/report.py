@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from adpe.report import collect_rows, write_report
+from adpe.tooling.env import collect_env
 
 
 def main(argv=None) -> None:
@@ -25,7 +26,7 @@ def main(argv=None) -> None:
     parser.add_argument("--baseline", help="variant name for the deltas (default: run.json baseline, else first)")
     args = parser.parse_args(argv)
     try:
-        paths = write_report(collect_rows(args.work_dirs), args.out, baseline=args.baseline)
+        paths = write_report(collect_rows(args.work_dirs), args.out, baseline=args.baseline, collect_env=collect_env)
     except (FileNotFoundError, ValueError) as err:  # a wrong path or baseline name: a message, not a traceback
         raise SystemExit(f"error: {err}") from err
     print(paths["md"])

@@ -4,7 +4,7 @@
 # mmcv 2.1.0 (the newest mmcv that mmseg 1.2.2 and mmdet 3.3.0 accept) ships only as source on PyPI and
 # hard-codes -std=c++17, while torch 2.14's headers need C++20. We build it once with the flag changed and
 # keep the wheel in $ADPE_CACHE (default ~/.cache/adpe), keyed by mmcv, torch and Python versions and by its
-# flavour: CPU ops only, or CUDA ops for given GPU architectures (`python -m adpe.env --mmcv-build` decides:
+# flavour: CPU ops only, or CUDA ops for given GPU architectures (`python -m adpe.tooling.env --mmcv-build` decides:
 # visible GPUs or TORCH_CUDA_ARCH_LIST, with nvcc and a CUDA torch). So a fresh clone installs in about a
 # minute afterwards, and a CPU-only wheel is never installed on a GPU node that shares the cache.
 #
@@ -31,7 +31,7 @@ die() {
 }
 
 # The flavour of mmcv this machine needs (it differs between a CPU login node and a GPU node sharing .venv).
-mmcv_build() { PYTHONPATH="$PWD" "$VENV/bin/python" -m adpe.env --mmcv-build; }
+mmcv_build() { PYTHONPATH="$PWD" "$VENV/bin/python" -m adpe.tooling.env --mmcv-build; }
 
 if [[ -f "$STAMP" ]] && build=$(mmcv_build 2>/dev/null) \
         && [[ "$(cat "$STAMP")" == "$fingerprint $(sed -n 's/^MMCV_FLAVOUR=//p' <<< "$build")" ]]; then
@@ -96,6 +96,6 @@ say "installing the pinned stack and the adpe package"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e . || die "pip could not install the adpe package"
 
 say "checking the stack"
-"$VPY" -m adpe.env --check || die "the installed stack does not import or its compiled ops fail; see the error above"
+"$VPY" -m adpe.tooling.env --check || die "the installed stack does not import or its compiled ops fail; see the error above"
 echo "$fingerprint $MMCV_FLAVOUR" > "$STAMP"
 say "ready: $VENV"

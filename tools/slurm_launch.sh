@@ -10,7 +10,6 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 srun -p "$PARTITION" --job-name="$JOB_NAME" --gres=gpu:"$GPUS_PER_NODE" --ntasks="$GPUS" \
     --ntasks-per-node="$GPUS_PER_NODE" --cpus-per-task="${CPUS_PER_TASK:-5}" --kill-on-bad-exit=1 \
     ${SRUN_ARGS:-} "$PYTHON" -u "$ROOT/tools/$ENTRY" "$@" --launcher slurm

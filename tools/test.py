@@ -15,8 +15,8 @@ from mmengine.runner import Runner
 
 import adpe.mm  # noqa: F401  (registers the suite's modules)
 from adpe.checkpoint import fetch_checkpoint
-from adpe.mm.engine import bare_model
 from adpe.mm.inference import check_checkpoint_fits, configure_test, use_trained_backbone
+from adpe.mm.optim import bare_model
 from adpe.mm.records import set_records_file
 from adpe.mm.runner import build_config, write_test_results
 from adpe.report.samples import records_path

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from adpe.checkpoint import load_pretrainer
-from adpe.reconstruction import input_size, load_images, reconstruct, save_figure
+from adpe.report.reconstruction import input_size, load_images, reconstruct, save_figure
 
 
 def parse_args(argv=None) -> argparse.Namespace:

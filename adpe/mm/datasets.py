@@ -1,4 +1,4 @@
-"""Bad data named: checks on ADE20K labels and COCO annotations, and the core's data warnings in the run's log.
+"""Datasets and transforms (mmengine's DATASETS, TRANSFORMS and FUNCTIONS registries); bad data named.
 
 * ``CheckedLoadAnnotations`` (mmseg transform): mmseg's ``LoadAnnotations``, which then checks each label map
   once per file and process: it must be single-channel, have its image's height x width, and hold only the
@@ -8,8 +8,8 @@
 * ``CheckedCocoDataset`` (mmdet dataset): mmdet's ``CocoDataset``, which reports in one log line per annotation
   file how many annotations mmdet drops (zero-area boxes, boxes outside the image, ...) or ignores (no polygon of
   3 points or more), and names the file of a truncated JSON or a malformed annotation.
-* :func:`forward_core_logs`: the core's stdlib loggers (``adpe.*``: skipped images of ``adpe.data``) also write to
-  mmengine's current ``MMLogger``, i.e. the run's console and ``WORK_DIR/TIMESTAMP/TIMESTAMP.log``. Called at import.
+* ``AdPEImageFolder`` (dataset) and ``adpe_multicrop_collate`` (FUNCTIONS): pretraining's image folder with the
+  MAE+ multi-crop transform, and its collate.
 
 mmseg and mmdet are imported when a checked transform or dataset is first built, not at ``import adpe.mm``
 (pretraining loads neither): the registered names are builder functions in mmengine's root registries, which
@@ -18,45 +18,53 @@ mmseg's and mmdet's fall back to (as ``AdPEDetTTAModel`` in adpe/mm/inference.py
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections import Counter
 
 import numpy as np
-from mmengine.logging import MMLogger, print_log
-from mmengine.registry import DATASETS, TRANSFORMS
+from mmengine.logging import print_log
+from mmengine.registry import DATASETS, FUNCTIONS, TRANSFORMS
 
-__all__ = ["DROP_REASONS", "check_label_map", "coco_drop_reason", "drop_summary", "forward_core_logs"]
+from adpe.data import ImageFolderDataset, MultiCropTransform, multicrop_collate
+from adpe.mm.lazy import registered_lazily
+
+__all__ = ["DROP_REASONS", "AdPEImageFolder", "adpe_multicrop_collate", "check_label_map", "coco_drop_reason",
+           "drop_summary"]
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the core's warnings in the run's log
+# pretraining images
 # ---------------------------------------------------------------------------------------------------------
-class _ToRunLog(logging.Handler):
-    """Passes records of the core's loggers on to mmengine's current MMLogger (console and run log file)."""
+@DATASETS.register_module()
+class AdPEImageFolder(ImageFolderDataset):
+    """ImageNet-style or flat image folder with the MAE+ multi-crop transform (labels unused).
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            # The formatted text, not the record: MMLogger drops a WARNING whose unformatted msg it has seen
-            # (FilterDuplicateWarning), which would keep one "Skipping unreadable image %s" line per run.
-            MMLogger.get_current_instance().log(record.levelno, record.getMessage())
-        except Exception:  # logging must never stop a run
-            self.handleError(record)
-
-
-def forward_core_logs(name: str = "adpe") -> None:
-    """Have the stdlib logger ``name`` (and its children, e.g. ``adpe.data``) write to mmengine's current MMLogger as
-    well; idempotent. The records still propagate to the root logger (pytest's caplog, a user's own handlers).
-
-    Loader workers started by fork inherit the handler and the run's log file; spawned ones log to the console.
+    decode: 'cpu' decodes and crops in the loader workers (PIL); 'device' has them read the files' bytes only,
+    and the model's ``AdPEMultiCropPreprocessor`` decodes and crops the batch on the training device
+    (``adpe.data.decode_multicrop``: nvJPEG on a GPU) -- for GPUs that the loader's cores cannot keep fed.
     """
-    core = logging.getLogger(name)
-    if not any(isinstance(handler, _ToRunLog) for handler in core.handlers):
-        core.addHandler(_ToRunLog())
+
+    def __init__(self, data_root: str, num_crops: int = 4, crop_size: int = 112,
+                 scale: tuple[float, float] = (0.08, 1.0), decode: str = "cpu"):
+        if decode not in ("cpu", "device"):
+            raise ValueError(f"AdPEImageFolder: decode must be 'cpu' or 'device', got {decode!r}")
+        super().__init__(data_root, transform=MultiCropTransform(num_crops, crop_size, tuple(scale)),
+                         encoded=decode == "device")
+        self.metainfo = {"num_crops": num_crops, "crop_size": crop_size, "decode": decode}
+
+    def __getitem__(self, index: int):
+        item = super().__getitem__(index)
+        return {"encoded": item, "transform": self.transform} if self.encoded else item
 
 
-forward_core_logs()
+@FUNCTIONS.register_module()
+def adpe_multicrop_collate(batch: list) -> dict:
+    """One batch: {'inputs': (B * crops, C, H, W)} stacked crops, or for ``decode='device'`` the encoded
+    images and their transform, which the model's preprocessor decodes on its device."""
+    if batch and isinstance(batch[0], dict):
+        return {"inputs": {"encoded": [item["encoded"] for item in batch], "transform": batch[0]["transform"]}}
+    return {"inputs": multicrop_collate(batch)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,9 +103,10 @@ def check_label_map(results: dict, num_classes: int, ignore_index: int = 255, re
             "Fix or remove this pair.")
 
 
-@functools.cache
+@registered_lazily(TRANSFORMS, "CheckedLoadAnnotations")
 def _checked_load_annotations_class() -> type:
-    """The transform class, defined on first use: mmseg is imported here, not when ``adpe.mm`` is."""
+    """``dict(type='CheckedLoadAnnotations', reduce_zero_label=True)`` in an mmseg pipeline. The transform class,
+    defined on first use: mmseg is imported here, not when ``adpe.mm`` is."""
     from mmseg.datasets.transforms import LoadAnnotations
 
     class CheckedLoadAnnotations(LoadAnnotations):
@@ -132,15 +141,6 @@ def _checked_load_annotations_class() -> type:
             return f"{super().__repr__()[:-1]}, num_classes={self.num_classes}, ignore_index={self.ignore_index})"
 
     return CheckedLoadAnnotations
-
-
-@TRANSFORMS.register_module(name="CheckedLoadAnnotations")
-def build_checked_load_annotations(**kwargs):
-    """``dict(type='CheckedLoadAnnotations', reduce_zero_label=True)`` in an mmseg pipeline.
-
-    A builder function rather than the class, so that registering it does not import mmseg.
-    """
-    return _checked_load_annotations_class()(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,9 +188,10 @@ def drop_summary(ann_file: str, reasons: Counter) -> str | None:
             f"mmdet: {parts}. Fix them in that file to train on them.")
 
 
-@functools.cache
+@registered_lazily(DATASETS, "CheckedCocoDataset")
 def _checked_coco_dataset_class() -> type:
-    """The dataset class, defined on first use: mmdet is imported here, not when ``adpe.mm`` is."""
+    """``dict(type='CheckedCocoDataset', ...)`` in an mmdet config, with ``CocoDataset``'s arguments. The dataset
+    class, defined on first use: mmdet is imported here, not when ``adpe.mm`` is."""
     from mmdet.datasets import CocoDataset
 
     class CheckedCocoDataset(CocoDataset):
@@ -222,12 +223,3 @@ def _checked_coco_dataset_class() -> type:
                                  "Fix or remove it.") from err
 
     return CheckedCocoDataset
-
-
-@DATASETS.register_module(name="CheckedCocoDataset")
-def build_checked_coco_dataset(**kwargs):
-    """``dict(type='CheckedCocoDataset', ...)`` in an mmdet config, with ``CocoDataset``'s arguments.
-
-    A builder function rather than the class, so that registering it does not import mmdet.
-    """
-    return _checked_coco_dataset_class()(**kwargs)

@@ -35,10 +35,10 @@ registered name is a builder function, as ``AdPEDetTTAModel`` in ``adpe/mm/infer
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from mmengine.registry import MODELS
+
+from adpe.mm.lazy import registered_lazily
 
 
 class ScaleGradient(torch.autograd.Function):
@@ -55,7 +55,7 @@ class ScaleGradient(torch.autograd.Function):
         return grad_output * ctx.scale, None
 
 
-@functools.cache
+@registered_lazily(MODELS, "AdPECascadeRoIHead")
 def cascade_roi_head_class() -> type:
     """The head class, defined on first use so that mmdet is imported here and not when ``adpe.mm`` is."""
     from mmdet.models.roi_heads import CascadeRoIHead
@@ -210,12 +210,3 @@ def cascade_roi_head_class() -> type:
             return results
 
     return AdPECascadeRoIHead
-
-
-@MODELS.register_module(name="AdPECascadeRoIHead")
-def build_cascade_roi_head(**kwargs):
-    """``roi_head=dict(type='AdPECascadeRoIHead', ...)``: the Cascade RoI head trained as detectron2's.
-
-    A builder function rather than the class, so that registering it does not import mmdet.
-    """
-    return cascade_roi_head_class()(**kwargs)

@@ -1,5 +1,12 @@
-"""Hooks that keep a work dir's checkpoints trustworthy (what is saved, in which order, and by whom), and one that
-watches what pretraining learns.
+"""Every hook of the suite (mmengine's HOOKS registry).
+
+* ``EffectiveBatchHook``: gradient accumulation that keeps a config's ``effective_batch`` on any GPU count.
+* ``RandomStateHook``: random generators saved with each checkpoint, so a resumed run draws what an
+  uninterrupted one would.
+* ``AdversaryHook``: pretraining's projection of the adversarial deltas, and their log scalars.
+* ``ResolvedBackboneHook``: the backbone's resolved 'auto' settings written into the run's config.
+
+Hooks that keep a work dir's checkpoints trustworthy: what is saved, in which order, and by whom.
 
 * ``SafeCheckpointHook``: mmengine's ``CheckpointHook`` that never leaves fewer good checkpoints than before (it
   writes the new one and points ``last_checkpoint`` at it before deleting the oldest), never saves non-finite
@@ -9,18 +16,23 @@ watches what pretraining learns.
   ``max_skipped`` steps in a row), naming the iteration, the loss terms and the newest checkpoint.
 * ``WorkDirLockHook``: one training run per work dir at a time (a lock file naming pid and host), and the
   temporary files of saves killed half-way removed at the next start.
+
+And one that watches what pretraining learns:
+
 * ``KNNMonitorHook``: weighted kNN accuracy of the encoder's features on a labelled set, every few epochs.
 """
 
 from __future__ import annotations
 
 import atexit
+import copy
 import difflib
 import inspect
 import json
 import math
 import os
 import os.path as osp
+import random
 import re
 import socket
 import sys
@@ -32,18 +44,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from mmengine.dataset import pseudo_collate
-from mmengine.dist import all_gather_object, broadcast_object_list, get_dist_info, is_main_process
+from mmengine.dist import all_gather_object, broadcast_object_list, get_dist_info, get_world_size, is_main_process
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
+from mmengine.optim import OptimWrapper
 from mmengine.registry import HOOKS
-from mmengine.runner import BaseLoop, Runner
+from mmengine.runner import BaseLoop, IterBasedTrainLoop, Runner
 from mmpretrain.datasets import CustomDataset
 from mmpretrain.models import ClsDataPreprocessor
 
 from adpe.checkpoint import atomic_write, load_checkpoint_file, remove_stale_temporaries, url_scheme
 from adpe.knn import knn_accuracy, probe_backbone
-from adpe.mm.engine import bare_model
+from adpe.mm.models import AdPEViT
+from adpe.mm.optim import bare_model
 
 POINTER = "last_checkpoint"  # mmengine's record of the newest checkpoint, in the work dir
 
@@ -101,7 +115,7 @@ class SafeCheckpointHook(CheckpointHook):
     """mmengine's ``CheckpointHook`` (same arguments) made safe against kills, full disks and diverged runs.
 
     * Order of a save: check that every parameter, buffer and optimiser state is finite; write the checkpoint
-      (atomically: ``adpe.mm.engine.AtomicLocalBackend``); point ``last_checkpoint`` at it (atomically, by a
+      (atomically: ``adpe.mm.patches.AtomicLocalBackend``); point ``last_checkpoint`` at it (atomically, by a
       path, as mmengine's); only then delete the checkpoints beyond ``max_keep_ckpts`` (and older ones that a
       kill during an earlier deletion left). mmengine
       deletes first, so a kill or a full disk during a save with ``max_keep_ckpts=1`` left no checkpoint at all.
@@ -402,6 +416,157 @@ class NonFiniteLossHook(Hook):
             f"training stopped at iteration {runner.iter + 1}: {what} ({losses}); {resume}. Lower the lr, or use "
             "bf16 (--amp on bf16 GPUs) instead of fp16: --cfg-options optim_wrapper.optimizer.lr=... applies a new lr "
             "from the resumed step on.")
+
+
+@HOOKS.register_module()
+class EffectiveBatchHook(Hook):
+    """Sets gradient accumulation so that processes x batch_size x accumulation = the config's ``effective_batch``
+    (images per optimiser step), whatever launches the run.
+
+    Runs before training starts (``before_run``, after the optimiser wrapper and schedulers are built and before
+    mmengine counts its accumulation). ``effective_batch=None``, or mmengine's ``auto_scale_lr.enable`` (the
+    other way to adapt a recipe to the GPU count), keeps the wrapper's ``accumulative_counts`` as configured.
+
+    An iteration-based recipe counts optimiser steps, but mmengine counts loader iterations: with N accumulation
+    steps the loop's length, its validation interval and every by-iteration schedule are stretched N times, so
+    the run makes the recipe's number of updates on the recipe's lr curve. (An epoch-based recipe needs nothing:
+    an epoch is the same images whatever N.)
+    """
+
+    priority = "VERY_HIGH"
+
+    def before_run(self, runner) -> None:
+        target = runner.cfg.get("effective_batch")
+        if not target or not isinstance(runner.optim_wrapper, OptimWrapper):  # a test run builds no optimiser
+            return
+        if (runner.cfg.get("auto_scale_lr") or {}).get("enable"):
+            print_log("auto_scale_lr is enabled: the lr follows the batch, effective_batch is not applied",
+                      logger="current")
+            return
+        processes, batch_size = get_world_size(), runner.train_dataloader.batch_size
+        counts = accumulation_for(target, processes, batch_size)
+        runner.optim_wrapper._accumulative_counts = counts  # read by initialize_count_status, which runs next
+        print_log(f"effective batch {target} images = {processes} processes x {batch_size} images x {counts} "
+                  "accumulation steps", logger="current")
+        if counts > 1 and isinstance(runner.train_loop, IterBasedTrainLoop):
+            stretch_iteration_schedule(runner, counts)
+            print_log(f"iteration-based schedule stretched x{counts}: {runner.train_loop.max_iters} iterations "
+                      f"= {runner.train_loop.max_iters // counts} optimiser steps", logger="current")
+
+
+def stretch_iteration_schedule(runner, factor: int) -> None:
+    """Multiply the train loop's length and validation intervals, and the iteration counts of every
+    by-iteration parameter schedule of ``runner.cfg.param_scheduler``, by ``factor``; rebuild the schedulers."""
+    loop = runner.train_loop
+    loop._max_iters *= factor
+    loop.val_begin *= factor
+    loop.val_interval *= factor
+    loop.dynamic_milestones = [m * factor for m in loop.dynamic_milestones]
+    loop.dynamic_intervals = [i * factor for i in loop.dynamic_intervals]
+    if not isinstance(runner.param_schedulers or [], list):
+        raise ValueError("effective_batch with several optimisers' schedules (a dict of param_scheduler) is not "
+                         "supported: set effective_batch = None and scale the schedule by hand")
+    configs = runner.cfg.get("param_scheduler") or []
+    configs = [configs] if isinstance(configs, dict) else list(configs)
+    stretched = []
+    for cfg in configs:
+        cfg = copy.deepcopy(dict(cfg))
+        if cfg.get("by_epoch", True) is False:
+            for key in ("begin", "end", "T_max", "total_iters"):
+                if cfg.get(key) is not None:
+                    cfg[key] = int(cfg[key]) * factor
+            if "milestones" in cfg:
+                cfg["milestones"] = [m * factor for m in cfg["milestones"]]
+        stretched.append(cfg)
+    # Building a scheduler applies its first step to the optimiser's current values: start from the initial ones.
+    for scheduler in runner.param_schedulers or []:
+        for group in scheduler.optimizer.param_groups:
+            group[scheduler.param_name] = group[f"initial_{scheduler.param_name}"]
+    runner.param_schedulers = runner.build_param_scheduler(stretched)
+
+
+def accumulation_for(effective_batch: int, processes: int, batch_size: int) -> int:
+    """Accumulation steps that make processes x batch_size x steps = effective_batch, or a ValueError saying how
+    to get a divisible setting."""
+    per_step = processes * batch_size
+    if effective_batch % per_step:
+        raise ValueError(
+            f"effective_batch={effective_batch} is not a multiple of {processes} processes x batch_size {batch_size} "
+            f"= {per_step}. Change the GPU count or pass --cfg-options train_dataloader.batch_size=N (or "
+            "effective_batch=None to keep the config's optim_wrapper.accumulative_counts).")
+    return effective_batch // per_step
+
+
+@HOOKS.register_module()
+class RandomStateHook(Hook):
+    """Saves the main process's random states in each checkpoint and restores them on resume.
+
+    mmengine restores weights, optimiser and schedulers but not the random generators, so a resumed run
+    would draw different masks (and, with ``num_workers=0``, different crops) from an uninterrupted one.
+    Rank 0 writes the checkpoint; other ranks reseed from (seed, rank, iteration) so that ranks stay distinct.
+    """
+
+    priority = "VERY_LOW"
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint["random_state"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get("random_state")
+        if state is None:
+            return
+        if runner.rank == 0:
+            torch.set_rng_state(state["torch"])
+            np.random.set_state(state["numpy"])
+            random.setstate(state["python"])
+        else:
+            seed = (runner.seed + 1_000_003 * runner.rank + checkpoint["meta"].get("iter", 0)) % 2**31
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
+
+
+@HOOKS.register_module()
+class AdversaryHook(Hook):
+    """After every parameter update: project the deltas onto their ball, log ``adv_lr`` and ``adv_norm``.
+
+    Iterations that only accumulate gradients leave the deltas as they are, so they are skipped. Runs at NORMAL
+    priority, before LoggerHook, so the scalars reach the same log line as ``loss``.
+    """
+
+    priority = "NORMAL"
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        adversary = bare_model(runner.model).mae.adversary
+        if adversary is None or not runner.optim_wrapper.should_update():
+            return
+        adversary.project_()
+        adv_group = next(g for g in runner.optim_wrapper.optimizer.param_groups if g.get("adversary"))
+        runner.message_hub.update_scalar("train/adv_lr", adv_group["lr"])
+        runner.message_hub.update_scalar("train/adv_norm", adversary.max_norm())
+
+
+@HOOKS.register_module()
+class ResolvedBackboneHook(Hook):
+    """Writes the settings the AdPEViT backbone resolved ('auto' ``rel_pos`` / ``rpe_lookup``, from its pretrained
+    checkpoint) into the run's config: the work dir's copy and the ``meta['cfg']`` of every checkpoint, so a
+    trained model is rebuilt with the structure it was trained with."""
+
+    priority = "VERY_HIGH"
+
+    def before_run(self, runner) -> None:
+        backbone = getattr(bare_model(runner.model), "backbone", None)
+        backbone_cfg = runner.cfg.get("model", {}).get("backbone")
+        if not isinstance(backbone, AdPEViT) or backbone_cfg is None:
+            return
+        resolved = {"rel_pos": backbone.rel_pos, "rpe_lookup": backbone.rpe_lookup}
+        if any(backbone_cfg.get(k) != v for k, v in resolved.items()):
+            backbone_cfg.update(resolved)
+            runner.dump_config()
 
 
 @HOOKS.register_module()

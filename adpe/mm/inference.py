@@ -10,7 +10,6 @@ that importing ``adpe.mm`` (pretraining included) does not load them.
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import os.path as osp
 from collections.abc import Iterable, Sequence
@@ -20,8 +19,8 @@ import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.registry import MODELS
 
-from adpe.checkpoint import fetch_checkpoint, load_checkpoint_file
-from adpe.mm.transfer import backbone_settings_of_trained
+from adpe.checkpoint import backbone_settings_of_trained, fetch_checkpoint, load_checkpoint_file
+from adpe.mm.lazy import registered_lazily
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -106,17 +105,28 @@ def describe_checkpoint(ckpt: dict) -> str:
 
 def check_checkpoint_fits(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:
     """Raise ValueError when ``checkpoint`` leaves any of ``model``'s weights unset, naming them and saying what the
-    file looks like. mmengine loads test checkpoints non-strictly, with a warning only: a backbone export or a
-    pretraining file would otherwise be evaluated as a randomly initialised model."""
+    file looks like, or holds a weight of another shape. mmengine loads test checkpoints non-strictly, skipping
+    both with a warning only: a backbone export or a pretraining file would otherwise be evaluated as a randomly
+    initialised model, and a mis-shaped table would keep its initial values."""
     ckpt = load_checkpoint_file(checkpoint, mmap=True)
     state = ckpt.get("state_dict") if isinstance(ckpt.get("state_dict"), dict) else ckpt
-    present = {key.removeprefix("module.") for key in state}
-    wanted = [key.removeprefix("module.") for key in model.state_dict()]  # a TTA model wraps the tested one
+    present = {key.removeprefix("module."): value for key, value in state.items()}
+    wanted = {key.removeprefix("module."): value for key, value in model.state_dict().items()}  # TTA wraps it
     missing = [key for key in wanted if key not in present]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ValueError(f"{checkpoint} leaves {len(missing)} of the model's {len(wanted)} weights unset "
                          f"({shown}): it looks like {describe_checkpoint(ckpt)}.")
+    reshaped = [f"{key} {tuple(present[key].shape)} (the model's: {tuple(value.shape)})"
+                for key, value in wanted.items() if tuple(present[key].shape) != tuple(value.shape)]
+    if reshaped:
+        hint = ""
+        if any(entry.startswith("backbone.pos_embed ") for entry in reshaped):
+            hint = (" A COCO model trained before the recipe learned ViTDet's 14 x 14 position table has one of "
+                    "its input grid: test it with --cfg-options model.backbone.pos_embed_size=IMAGE_SIZE (e.g. "
+                    "1024; docs/method.md, recipes).")
+        raise ValueError(f"{checkpoint} holds {len(reshaped)} weights of another shape than this config's model: "
+                         + "; ".join(reshaped[:5]) + "." + hint)
 
 
 def _unflip_masks(masks: torch.Tensor, meta: dict) -> torch.Tensor:
@@ -127,9 +137,10 @@ def _unflip_masks(masks: torch.Tensor, meta: dict) -> torch.Tensor:
     return masks.flip(dims)
 
 
-@functools.cache
+@registered_lazily(MODELS, "AdPEDetTTAModel")
 def _det_mask_tta_class() -> type:
-    """mmdet's ``DetTTAModel`` that merges instance masks too (mmdet 3.3.0's asserts there are none).
+    """``tta_model=dict(type='AdPEDetTTAModel', tta_cfg=...)``: mmdet's ``DetTTAModel`` that merges instance masks
+    too (mmdet 3.3.0's asserts there are none).
 
     Defined on first use: mmdet is imported here, not when ``adpe.mm`` is.
     """
@@ -159,15 +170,6 @@ def _det_mask_tta_class() -> type:
             return merged
 
     return DetMaskTTAModel
-
-
-@MODELS.register_module(name="AdPEDetTTAModel")
-def build_det_mask_tta_model(**kwargs):
-    """``tta_model=dict(type='AdPEDetTTAModel', tta_cfg=...)``: mmdet's DetTTAModel, merging masks as well.
-
-    A builder function rather than the class, so that registering it does not import mmdet.
-    """
-    return _det_mask_tta_class()(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel
 from mmengine.registry import HOOKS, METRICS
 
-from adpe.mm.engine import bare_model
+from adpe.mm.optim import bare_model
 from adpe.report import samples
 
 

@@ -25,7 +25,7 @@ from mmengine.registry import MODEL_WRAPPERS
 from mmengine.runner import Runner
 from torch.nn.parallel import DistributedDataParallel
 
-from adpe.mm.engine import AtomicLocalBackend
+from adpe.mm.patches import AtomicLocalBackend
 from adpe.report.records import TEST_RESULTS
 
 # --vis NAME -> mmengine's backend, written beside LocalVisBackend (its vis_data/scalars.json is what

@@ -9,10 +9,10 @@ folder per (resumed) run, checkpoints, and for the transfer stages the ``test_re
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import statistics
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,6 +33,8 @@ from adpe.report.records import (
     TransferStage,
     read_json,
 )
+
+logger = logging.getLogger(__name__)
 
 TIMESTAMP_DIR = re.compile(r"^\d{8}_\d{6}$")
 
@@ -89,7 +91,7 @@ def read_scalars(stage_dir: Path) -> dict[str, Series]:
             try:
                 row = json.loads(line)
             except ValueError:
-                warnings.warn(f"{path}:{number}: skipping a line that is not JSON", stacklevel=2)
+                logger.warning(f"{path}:{number}: skipping a line that is not JSON")
                 continue
             if not isinstance(row, dict) or "step" not in row:
                 continue
@@ -130,7 +132,7 @@ def _read_model(config_path: Path) -> tuple[dict, int | None]:
     try:
         model = config_model(text)
     except ValueError as err:  # a truncated or hand-edited dump: the report goes on without model info
-        warnings.warn(f"{config_path}: {err}", stacklevel=2)
+        logger.warning(f"{config_path}: {err}")
         model = {}
     match = re.search(r"max_epochs\s*=\s*(\d+)", text)
     return model, int(match.group(1)) if match else None

@@ -8,12 +8,14 @@ with a stage status, never 0.
 from __future__ import annotations
 
 import json
-import warnings
+import logging
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "ade20k", "coco", "imagenet", "linear_probe")
 FINAL_LOSS_WINDOW = 5  # the final pretraining loss is the mean of this many last logged losses
@@ -57,6 +59,7 @@ METRICS = (
            "imagenet_ft"),
     Metric("linear_probe_top1", "Linear probe top-1", "linear_probe", "accuracy/top1", 1.0, 1, "LP top-1"),
 )
+
 # Read from the training log instead (the mean of the last FINAL_LOSS_WINDOW logged losses).
 PRETRAIN_LOSS = Metric("pretrain_loss", "Final pretrain loss", "pretrain", None, 1.0, 4, "loss")
 VALUE_METRICS = (*METRICS, PRETRAIN_LOSS)  # the order of a row's values and of the table's columns
@@ -103,7 +106,7 @@ def read_json(path: Path) -> Any | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        warnings.warn(f"could not read {path}: {err}", stacklevel=2)
+        logger.warning(f"could not read {path}: {err}")
         return None
 
 

@@ -10,6 +10,7 @@ import csv
 import datetime
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -381,20 +382,21 @@ def render_markdown(rows: list[Row], cells: list[dict[str, str]], base: Row | No
 # ---------------------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------------------
-def _environment(rows: list[Row], env: dict | None) -> tuple[dict, str]:
-    """The environment to report and where it comes from: given, the run's env.json, or collected now."""
+def _environment(rows: list[Row], env: dict | None, collect_env: Callable[[], dict] | None) -> tuple[dict, str]:
+    """The environment to report and where it comes from: given, the run's env.json, or collected now (by
+    ``collect_env``, e.g. ``adpe.tooling.env.collect_env``, which tools/report.py passes)."""
     if env is not None:
         return env, "given"
     for row in rows:
         if row.env:
             return row.env, "env.json of the run"
-    from adpe.env import collect_env  # imports torch and probes OpenMMLab: only when the run has no env.json
-
+    if collect_env is None:
+        return {}, "not recorded (no env.json in the run)"
     return collect_env(), "collected by tools/report.py at report time (no env.json in the run)"
 
 
 def write_report(rows: list[Row], out_dir: str | Path, baseline: str | None = None,
-                 env: dict | None = None) -> dict[str, Path]:
+                 env: dict | None = None, collect_env: Callable[[], dict] | None = None) -> dict[str, Path]:
     """Write results.csv, results.json, report.md and the plots into ``out_dir``; return their paths by name.
 
     Keys: "csv", "json", "md" and the written plots' names. ``baseline`` names the row for the deltas
@@ -414,7 +416,7 @@ def write_report(rows: list[Row], out_dir: str | Path, baseline: str | None = No
         writer.writerows(cells)
 
     plots = write_plots(rows, out_dir, uncertainty)
-    env, env_source = _environment(rows, env)
+    env, env_source = _environment(rows, env, collect_env)
 
     paths["json"] = out_dir / "results.json"
     document = {

@@ -50,11 +50,12 @@ tta_pipeline = [
     ]),
 ]
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(lr=1e-3))
-max_iters = 80
+# 60 steps, validated and saved once at the end: make demo's time budget (README, "Demo")
+max_iters = 60
 param_scheduler = [
-    dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=16),
-    dict(type="PolyLR", eta_min=0.0, power=1.0, begin=16, end=max_iters, by_epoch=False),
+    dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=12),
+    dict(type="PolyLR", eta_min=0.0, power=1.0, begin=12, end=max_iters, by_epoch=False),
 ]
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=40)
-default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=40, max_keep_ckpts=1),
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
+default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_iters, max_keep_ckpts=1),
                      visualization=dict(type='SegVisualizationHook', draw=False))

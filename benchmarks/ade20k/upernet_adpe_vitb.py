@@ -1,5 +1,6 @@
 # UperNet + AdPE ViT-B/16 on ADE20K, 160k iterations at 512^2 (mmseg's MAE recipe, docs/method.md) with the
-# AdPE paper's lr 2e-4 (searched in [5e-5, 3e-4]). Paper: 50.7 mIoU (MAE: 48.1).
+# AdPE paper's lr 2e-4 (searched in [5e-5, 3e-4]). Published: protocols ade20k_msflip (AdPE, the paper tests
+# multi-scale + flip: --tta) and ade20k_ss (MAE) in adpe/report/published.json.
 #   tools/dist_train.sh benchmarks/ade20k/upernet_adpe_vitb.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=PATH
 # The backbone follows the checkpoint: iRPE tables (continuous lookup for RPE-coordinate pretraining) when it
@@ -16,7 +17,7 @@ custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook
 effective_batch = 16
 # The alternative, mmdet's --auto-scale-lr: lr x (GPUs x batch_size) / 16, no accumulation (our launchers then
 # set effective_batch = None: one mechanism at a time).
-auto_scale_lr = dict(enable=False, base_batch_size=16)
+auto_scale_lr = dict(enable=False, base_batch_size=effective_batch)
 
 crop_size = (512, 512)
 # test_cfg: a test image (or ms view) smaller than the crop is zero-padded at the bottom / right to the crop after

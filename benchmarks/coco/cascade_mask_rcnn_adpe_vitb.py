@@ -10,6 +10,7 @@
 # Schedule: 32 images per step, 400k iterations. detectron2 keeps the Mask R-CNN config's lr multiplier, which is
 # defined on 184,375 updates, and stretches it to max_iter: warm-up 250 -> 542 iterations, steps 163,889 /
 # 177,546 -> 355,556 / 385,185; lr 1e-4 x [0.5, 0.05, 0.005] as in mask_rcnn_adpe_vitb.py.
+# Published: protocol coco_cascade (adpe/report/published.json; the paper's AdPE row).
 _base_ = ['mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py', './_base_/vitdet_b.py']
 
 
@@ -51,7 +52,7 @@ model = dict(
         ]),
 )
 effective_batch = 32
-auto_scale_lr = dict(enable=False, base_batch_size=32)
+auto_scale_lr = dict(enable=False, base_batch_size=effective_batch)
 train_dataloader = dict(batch_size=4)  # 8 GPUs x 4
 optim_wrapper = dict(optimizer=dict(lr=1e-4 * 0.5))
 max_iters = 400000

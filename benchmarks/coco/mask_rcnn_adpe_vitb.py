@@ -2,7 +2,8 @@
 # (ViTDet's recipe in _base_/vitdet_b.py): 64 images per step, 184,375 iterations (100 epochs), warm-up 250 from
 # x0.001, lr = 1e-4 (detectron2's ViTDet AdamW) x [0.5, 0.05, 0.005] with steps at 163,889 and 177,546 (the
 # release's lr_multiplier values; ViTDet's own are [1, 0.1, 0.01]), 4conv+1fc box head and mask head with LN.
-# Paper: 53.5 AP box / 46.5 AP mask (MAE: 50.3 / 44.9; mmdet's ViTDet MAE ViT-B: 51.6 / 45.7).
+# Published: protocol coco_mask_rcnn (adpe/report/published.json) has the paper's MAE row only; AdPE's COCO
+# numbers are Cascade Mask R-CNN's (protocol coco_cascade, cascade_mask_rcnn_adpe_vitb.py).
 #   tools/dist_train.sh benchmarks/coco/mask_rcnn_adpe_vitb.py 8 --cfg-options model.backbone.init_cfg.checkpoint=PATH
 # The backbone follows the checkpoint: iRPE tables for RPE models, else ViTDet's zero-initialised decomposed
 # relative position bias.

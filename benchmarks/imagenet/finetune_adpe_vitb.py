@@ -4,7 +4,7 @@
 # decay 0.05, layer decay 0.65, drop path 0.1, RandAugment m9-mstd0.5-inc1, mixup 0.8 / cutmix 1.0, label
 # smoothing 0.1, random erasing 0.25, 5 warm-up epochs, cosine to 1e-6 x each group's layer-decay scale, global
 # average pooling + fc_norm.
-# Published (release README, 400 pretraining epochs): MAE+ APE 83.9, AdPE APE embedding 84.1, APE coordinate 84.2.
+# Published: protocol imagenet_ft (adpe/report/published.json; the release README, 400 pretraining epochs).
 #   tools/dist_train.sh benchmarks/imagenet/finetune_adpe_vitb.py 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=PATH
 # PATH: our pretraining checkpoint, an exported backbone, or an MAE / AdPE release checkpoint (MAE's ViT-B
@@ -19,7 +19,7 @@ custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook
                 dict(type='WorkDirLockHook'), dict(type='TestRecordsHook')]
 effective_batch = 1024
 # The alternative, --auto-scale-lr: lr x (GPUs x batch_size) / base_batch_size, no accumulation.
-auto_scale_lr = dict(enable=False, base_batch_size=1024)
+auto_scale_lr = dict(enable=False, base_batch_size=effective_batch)
 base_lr = 5e-4
 
 model = dict(

@@ -10,7 +10,7 @@ custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook'),
                 dict(type='WorkDirLockHook'), dict(type='TestRecordsHook')]
 effective_batch = 16384  # 8 GPUs x 512 images x 4 accumulation steps
-auto_scale_lr = dict(enable=False, base_batch_size=16384)
+auto_scale_lr = dict(enable=False, base_batch_size=effective_batch)
 base_lr = 0.1
 
 model = dict(

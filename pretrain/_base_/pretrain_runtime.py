@@ -28,6 +28,12 @@ model = dict(
     mask_ratio=0.75,
     norm_pix_loss=True,
     compile=False,  # True: torch.compile the encoder and decoder blocks on GPU machines (CPU-only ones stay eager)
+    # The adversary's projection of delta (AdPE configs, adversary='embedding' or 'coordinate'; unused without an
+    # adversary): an L2 ball of radius 1 is this suite's choice. The release defaults to no projection (--norm 0,
+    # --eps 1) and leaves the values used to the paper's supplementary; adv_norm='linf' or 'none' and any adv_radius
+    # can be set in a config or with --cfg-options (docs/method.md, "Recipe decisions").
+    adv_norm='l2',
+    adv_radius=1.0,
 )
 
 train_dataloader = dict(

@@ -1,3 +1,3 @@
 _base_ = ['./_base_demo.py']
 # Tiny sibling of pretrain/adpe_vitb_ape_coord.py.
-model = dict(adversary='coordinate', adv_norm='l2', adv_radius=1.0)
+model = dict(adversary='coordinate')

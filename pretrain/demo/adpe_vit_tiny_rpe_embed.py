@@ -1,3 +1,3 @@
 _base_ = ['./_base_demo.py']
 # Tiny sibling of pretrain/adpe_vitb_rpe_embed.py.
-model = dict(position='rpe', rpe_lookup='discrete', adversary='embedding', adv_norm='l2', adv_radius=1.0)
+model = dict(position='rpe', rpe_lookup='discrete', adversary='embedding')

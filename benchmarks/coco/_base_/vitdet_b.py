@@ -12,7 +12,7 @@ custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook
 effective_batch = 64
 # The alternative, mmdet's --auto-scale-lr: lr x (GPUs x batch_size) / 64, no accumulation (our launchers then
 # set effective_batch = None: one mechanism at a time).
-auto_scale_lr = dict(enable=False, base_batch_size=64)
+auto_scale_lr = dict(enable=False, base_batch_size=effective_batch)
 
 image_size = (1024, 1024)
 norm_cfg = dict(type='AdPELN2d', requires_grad=True)

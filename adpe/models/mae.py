@@ -19,10 +19,10 @@ import torch
 from timm.layers import PatchEmbed
 from torch import Tensor, nn
 
-from adpe.adversary import Mode, Norm, PositionAdversary
-from adpe.pos_embed import sincos_2d_table
-from adpe.rpe import check_lookup_kind, grid_lookup
-from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_, vit_size
+from adpe.models.adversary import Mode, Norm, PositionAdversary
+from adpe.models.pos_embed import sincos_2d_table
+from adpe.models.rpe import check_lookup_kind, grid_lookup
+from adpe.models.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_, vit_size
 
 
 def check_mask_ratio(mask_ratio, length: int) -> int:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from adpe.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, find_images
-from adpe.mae import MaskedAutoencoder, patch_stats
+from adpe.models.mae import MaskedAutoencoder, patch_stats
 
 COLUMNS = ("original", "masked input", "reconstruction", "reconstruction + visible")
 

@@ -35,9 +35,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from adpe.report.records import RUN_FILE, SEED_DIR, RunInfo
+from adpe.tooling import checkout_root
+from adpe.tooling import env as environment
 
 # The checkout: every stage runs a script of tools/ from here, with relative paths as in the YAML configs.
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = checkout_root()
 STAGES = ("data", "pretrain", "export", "reconstruction", "ade20k", "ade20k_tta", "coco", "imagenet", "linear_probe",
           "report")
 # Lines of a stage's output echoed to the console (everything goes to the stage's log).
@@ -234,9 +236,7 @@ def write_run_files(cfg: PipelineConfig, env: bool = True) -> None:
         variant.write(vdir / RUN_FILE)
     if not env:
         return
-    from adpe.env import collect_env  # imports torch and probes OpenMMLab: only when the pipeline runs
-
-    (cfg.work_dir / "env.json").write_text(json.dumps(collect_env(), indent=2))
+    (cfg.work_dir / "env.json").write_text(json.dumps(environment.collect_env(), indent=2))
 
 
 def run_step(step: Step, index: int, total: int, started: float, threads: int | None = None) -> None:
@@ -248,8 +248,7 @@ def run_step(step: Step, index: int, total: int, started: float, threads: int | 
     print(f"\n[pipeline {index}/{total} {time.time() - started:6.0f}s] {who}{step.stage}\n  $ {step.shell()}",
           flush=True)
     command = step.argv()
-    # the tools import adpe: from the checkout, also when it is not installed
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = dict(os.environ)
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     tag = f"  [{step.variant} {step.stage}] " if step.variant else "  "
@@ -401,7 +400,6 @@ def submit(steps: list[Step], slurm: Slurm, work_dir: Path, dry_run: bool) -> No
     skipped and waited for by no one). A dry run prints a shell script instead: ``J1=$(sbatch ...)``, later
     jobs naming ``$J1`` as the dependency."""
     jobs: dict[int, str] = {}  # id(step) -> its job id (a dry run: its placeholder)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # jobs inherit it
     for step in steps:
         who = f"{step.variant} " if step.variant else ""
         if step.stage != "report" and step.marker.exists():
@@ -415,7 +413,7 @@ def submit(steps: list[Step], slurm: Slurm, work_dir: Path, dry_run: bool) -> No
             print(f"J{len(jobs)}=$({sbatch_line(argv)})")
             continue
         step.work_dir.mkdir(parents=True, exist_ok=True)  # sbatch writes the job's log there
-        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"[pipeline] sbatch failed for {who}{step.stage} (exit {done.returncode}): "
                              f"{done.stderr.strip()}\n  $ {sbatch_line(argv)}")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
-from adpe.rpe import BilinearLookup, KeyRPE, Lookup
+from adpe.models.rpe import BilinearLookup, KeyRPE, Lookup
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -57,7 +57,7 @@ class RelPos:
     lookup: where each (query, key) pair reads the iRPE table (N counts the cls token): discrete buckets or a
         bilinear lookup, per sample when masked queries' offsets are shifted (RPE coordinate mode).
     row_gain: optional ``q (B, H, N, head_dim) -> (B, H, N)``, added to every logit of its query's row (the
-        RPE-embedding adversary of ``adpe.adversary``); it receives the query as the iRPE table does.
+        RPE-embedding adversary of ``adpe.models.adversary``); it receives the query as the iRPE table does.
     """
 
     lookup: Lookup | BilinearLookup
@@ -86,7 +86,7 @@ class Attention(nn.Module):
         rpe_query_scale: multiply the query by head_dim^-1/2 in the iRPE term too, as the release's
             *pretraining* attention does; False adds ``q . r`` with the unscaled query, as its fine-tuning ViT
             does (docs/method.md, "Scaling of the relative term").
-        rel_bias: a module ``(q, grid) -> logits`` (learned bias of ``adpe.rel_bias``), or None.
+        rel_bias: a module ``(q, grid) -> logits`` (learned bias of ``adpe.models.rel_bias``), or None.
     """
 
     def __init__(

@@ -28,40 +28,22 @@ from timm.layers import PatchEmbed
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from adpe.checkpoint import STRUCTURE_KEY, CheckpointMismatchError
-from adpe.pos_embed import resample_pos_embed, sincos_2d_table
-from adpe.rel_bias import DecomposedRelPos, RelPosBias
-from adpe.rpe import LOOKUP_KINDS, check_lookup_kind, grid_lookup
-from adpe.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_, vit_size
+from adpe.models.pos_embed import resample_pos_embed, sincos_2d_table
+from adpe.models.rel_bias import DecomposedRelPos, RelPosBias
+from adpe.models.rpe import check_lookup_kind, grid_lookup
+from adpe.models.vit import Block, LayerNorm, RelPos, init_mae_weights, init_patch_embed_, vit_size
+from adpe.structure import (
+    REL_POS_KINDS,
+    STRUCTURE_KEY,
+    CheckpointMismatchError,
+    decode_structure,
+    encode_structure,
+    structure_differences,
+)
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
-
-
-# ---------------------------------------------------------------- the structure recorded in the weights
-REL_POS_KINDS = ("none", "bias", "irpe")
-
-
-def encode_structure(rel_pos: str, rpe_lookup: str, rpe_query_scale: bool) -> Tensor:
-    """The int64 tensor (3,) that a backbone keeps as its ``structure_code`` buffer, so that every state dict of a
-    trained model says which relative-position structure its weights were trained with."""
-    return torch.tensor([REL_POS_KINDS.index(rel_pos), LOOKUP_KINDS.index(rpe_lookup), int(rpe_query_scale)])
-
-
-def decode_structure(code: Tensor) -> dict:
-    """{'rel_pos', 'rpe_lookup', 'rpe_query_scale'} of a ``structure_code`` tensor."""
-    values = [int(v) for v in code.reshape(-1).tolist()]
-    if len(values) != 3 or not (0 <= values[0] < len(REL_POS_KINDS) and 0 <= values[1] < len(LOOKUP_KINDS)):
-        raise CheckpointMismatchError(f"{STRUCTURE_KEY} {values} is not (rel_pos, rpe_lookup, rpe_query_scale)")
-    return {"rel_pos": REL_POS_KINDS[values[0]], "rpe_lookup": LOOKUP_KINDS[values[1]],
-            "rpe_query_scale": bool(values[2])}
-
-
-def structure_differences(saved: dict, model: dict) -> list[str]:
-    """Settings of ``saved`` that ``model`` does not share; lookup and query scale matter only for iRPE models."""
-    keys = ("rel_pos", "rpe_lookup", "rpe_query_scale") if saved["rel_pos"] == "irpe" else ("rel_pos",)
-    return [k for k in keys if saved[k] != model[k]]
 
 
 def _settings(values: dict) -> str:
@@ -134,7 +116,7 @@ class ViTBackbone(nn.Module):
     """ViT-{tiny,base,large,huge} backbone.
 
     Args:
-        size: a key of ``adpe.vit.SIZES``.
+        size: a key of ``adpe.models.vit.SIZES``.
         img_size: training input (h, w): sets the stored APE grid and the grids of learned biases.
         mode: 'cls', 'seg' or 'det' (see the module docstring).
         out_indices: blocks whose outputs are returned (seg mode; the other modes use the last block).

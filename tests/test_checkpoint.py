@@ -20,7 +20,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from adpe.backbone import block_outputs
 from adpe.checkpoint import (
     CheckpointMismatchError,
     CheckpointSourceError,
@@ -30,6 +29,7 @@ from adpe.checkpoint import (
     load_checkpoint_file,
     to_backbone_state,
 )
+from adpe.models.backbone import block_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "tests" / "fixtures" / "official_adpe_rpe_tiny.pth"  # MAE+ iRPE, tiny (192-d, depth 4, 112²)
@@ -232,7 +232,7 @@ def test_url_without_a_fetcher_says_how_to_add_one(cache):
 def test_mmengine_backends_fetch_the_other_url_schemes(server, cache, tmp_path):
     pytest.importorskip("mmengine")
     from adpe.checkpoint import FETCHERS
-    from adpe.mm.fetch import fetch_with_mmengine
+    from adpe.mm.patches import fetch_with_mmengine
 
     assert FETCHERS["s3"] is fetch_with_mmengine and FETCHERS["petrel"] is fetch_with_mmengine
     fetch_with_mmengine(server.url(RELEASE.name), tmp_path / "copy.pth")  # mmengine's HTTP backend, same server

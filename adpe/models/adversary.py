@@ -24,9 +24,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from adpe.pos_embed import grid_coords, sincos_2d_at
-from adpe.rpe import continuous_grid_lookups, grid_lookup
-from adpe.vit import RelPos
+from adpe.models.pos_embed import grid_coords, sincos_2d_at
+from adpe.models.rpe import continuous_grid_lookups, grid_lookup
+from adpe.models.vit import RelPos
 
 Position = Literal["ape", "rpe"]
 Mode = Literal["embedding", "coordinate"]

@@ -33,11 +33,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_PREFIX = "@@BENCH_RESULT@@ "
 GIB = 1024**3
 DTYPES = ("fp32", "bf16")
-MODEL_SIZES = ("tiny", "base", "large", "huge")  # adpe.vit.SIZES (tested), without importing torch here
+MODEL_SIZES = ("tiny", "base", "large", "huge")  # adpe.models.vit.SIZES (tested), without importing torch here
 # The options that every worker takes from its driver, besides its own (see ``add_run_options``).
 RUN_OPTIONS = ("warmup", "steps", "threads", "seed", "device")
 
@@ -299,9 +298,9 @@ def forwarded_options(args: argparse.Namespace, names: Iterable[str]) -> list[st
 
 
 def emulated_bf16(dtype: str, device: str) -> bool:
-    """Whether ``dtype`` is bf16 on a ``device`` ('cpu' or 'cuda') that only emulates it (``adpe.env.native_bf16``,
+    """Whether ``dtype`` is bf16 on a ``device`` ('cpu' or 'cuda') that only emulates it (``adpe.device.native_bf16``,
     the rule ``--amp`` follows): a step there takes about 100x the fp32 one, minutes for ViT-B on a CPU."""
-    from adpe.env import native_bf16
+    from adpe.device import native_bf16  # imports torch, which the parent process of a benchmark never does
 
     return dtype == "bf16" and not native_bf16(device)
 
@@ -317,11 +316,10 @@ def launch_worker(
 ) -> Result:
     """Run ``script --worker *options`` in a subprocess and return the result it printed.
 
-    The worker gets the repository on ``PYTHONPATH`` and, on CPU, ``OMP_NUM_THREADS`` (unless already set).
+    The worker gets, on CPU, ``OMP_NUM_THREADS`` (unless already set); it imports the installed adpe.
     On failure: ``identity`` plus ``error`` (the exit status and the last line of output) and ``stderr_tail``.
     """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
     if args.device == "cpu":
         env.setdefault("OMP_NUM_THREADS", str(args.threads))
     cmd = [sys.executable, os.path.abspath(script), "--worker", *options]

@@ -3,7 +3,7 @@
 Reference: Wu et al., "Rethinking and Improving Relative Position Encoding for Vision Transformer" (ICCV 2021).
 The attention logit of query i and key j gains ``q_i . r_{b(i, j)}``, where r is a (head_dim, num_buckets)
 table and b the bucket of the offset (query - key) on the patch grid; whether q is scaled first is the
-attention's choice (``adpe.vit.Attention(rpe_query_scale=...)``). Conventions follow the AdPE release
+attention's choice (``adpe.models.vit.Attention(rpe_query_scale=...)``). Conventions follow the AdPE release
 exactly (docs/method.md), so released tables load unchanged:
 
 * offsets are (d_row, d_col) = position of the query minus position of the key;
@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from adpe.structure import LOOKUP_KINDS
 
 ALPHA, BETA, GAMMA = 1.9, 3.8, 15.2
 
@@ -161,9 +163,6 @@ def continuous_grid_lookups(
             row_w, col_w = row_w[None], col_w[None]
         lookups.append(BilinearLookup(col_w, row_w, cls_token))
     return lookups
-
-
-LOOKUP_KINDS = ("discrete", "continuous")
 
 
 def check_lookup_kind(kind: str) -> str:
