@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from adpe import report
+from adpe.report import samples, stats
 from adpe.tooling.pipeline import PipelineConfig, plan
 from adpe.tooling.pipeline import main as pipeline_main
-from adpe.report import samples, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
