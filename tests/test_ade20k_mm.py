@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -170,3 +171,5 @@ def test_tiny_upernet_trains_and_dist_test_reports_miou(tmp_path):
                    check=True, env=env, cwd=ROOT, capture_output=True)
     result = json.loads((work / "test_results.json").read_text())
     assert set(result["metrics"]) >= {"mIoU", "aAcc", "mAcc"} and 0 < result["metrics"]["mIoU"] <= 100
+    # tools/dist_test.sh writes the per-image records beside (docs/statistics.md): 8 images x 150 classes
+    assert np.load(work / "test_records.npz")["union"].shape == (8, 150)

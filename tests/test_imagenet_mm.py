@@ -211,6 +211,7 @@ def _train_and_test(config: str, data: Path, work: Path, options: list[str], in_
                        check=True, env=env, cwd=ROOT, capture_output=True)
     result = json.loads((work / "test_results.json").read_text())
     assert result["checkpoint"] == str(Path(checkpoint).resolve()) and result["tta"] is False
+    assert (work / "test_records.npz").is_file()  # --test and tools/dist_test.sh write per-image records too
     return result["metrics"]
 
 

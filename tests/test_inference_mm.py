@@ -211,6 +211,9 @@ def test_seg_test_writes_drawings_predictions_and_metrics_where_asked(seg_run, a
     assert len(drawings) == len(names) and all(n in str(d) for d, n in zip(drawings, names, strict=True))
     assert 0 <= json.loads(metrics.read_text())["metrics"]["mIoU"] <= 100
     assert not (tmp_path / "work/test_results.json").exists()
+    # the per-image records go beside the metrics file (docs/statistics.md)
+    assert np.load(tmp_path / "m" / "metrics.records.npz")["intersect"].shape[0] == len(names)
+    assert not (tmp_path / "work/test_records.npz").exists()
 
 
 def test_seg_test_time_augmentation_runs(seg_run, ade_data, tmp_path):
@@ -220,6 +223,8 @@ def test_seg_test_time_augmentation_runs(seg_run, ade_data, tmp_path):
     result = json.loads((tmp_path / "test_results_tta.json").read_text())  # beside a single-scale test's file
     assert result["tta"] is True and 0 <= result["metrics"]["mIoU"] <= 100
     assert not (tmp_path / "test_results.json").exists()
+    assert str(np.load(tmp_path / "test_records_tta.npz")["task"]) == "seg"  # beside it, named alike
+    assert not (tmp_path / "test_records.npz").exists()
 
 
 def test_det_test_with_tta_dumps_predictions_and_draws(det_run, coco_data, tmp_path):
@@ -236,6 +241,7 @@ def test_det_test_with_tta_dumps_predictions_and_draws(det_run, coco_data, tmp_p
     assert all(len(p["pred_instances"]["masks"]) == len(p["pred_instances"]["bboxes"]) for p in predictions)
     assert len(list(show.glob("*.jpg"))) == 2
     assert json.loads((tmp_path / "test_results_tta.json").read_text())["tta"] is True
+    assert len(np.load(tmp_path / "test_records_tta.npz")["segm.det_score"]) > 0
 
 
 # ---------------------------------------------------------------- tools/infer.py

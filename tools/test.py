@@ -17,7 +17,9 @@ import adpe.mm  # noqa: F401  (registers the suite's modules)
 from adpe.checkpoint import fetch_checkpoint
 from adpe.mm.inference import check_checkpoint_fits, configure_test, use_trained_backbone
 from adpe.mm.optim import bare_model
+from adpe.mm.records import set_records_file
 from adpe.mm.runner import build_config, write_test_results
+from adpe.report.samples import records_path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,7 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("checkpoint", help="trained checkpoint (tools/train.py output)")
     parser.add_argument("--work-dir", help="default: work_dirs/CONFIG_NAME")
     parser.add_argument("--metrics-json", help="where the metrics go (default: WORK_DIR/test_results.json, "
-                        "WORK_DIR/test_results_tta.json with --tta)")
+                        "WORK_DIR/test_results_tta.json with --tta); the per-image records go beside it "
+                        "(test_records*.npz, X.records.npz for X.json)")
     parser.add_argument("--out", help="predictions: a folder of label PNGs (mmseg) or a .pkl file (mmdet)")
     parser.add_argument("--show-dir", help="draw every prediction into DIR (the config's visualization hook)")
     parser.add_argument("--tta", action="store_true",
@@ -47,6 +50,8 @@ def main(argv=None) -> dict:
     use_trained_backbone(cfg, args.checkpoint)
     cfg.load_from, cfg.resume = args.checkpoint, False
     configure_test(cfg, show_dir=args.show_dir, tta=args.tta, out=args.out)
+    if args.metrics_json:  # the per-image records go beside the metrics (default: WORK_DIR/test_records*.npz)
+        set_records_file(cfg, str(records_path(args.metrics_json)))
     runner = Runner.from_cfg(cfg)
     try:
         check_checkpoint_fits(bare_model(runner.model), args.checkpoint)

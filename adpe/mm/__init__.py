@@ -25,4 +25,5 @@ from adpe.mm import (  # noqa: F401  (registration)
     neck,
     optim,
     patches,
+    records,
 )

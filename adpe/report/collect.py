@@ -192,14 +192,48 @@ def coco_protocol(config_text: str) -> str:
     return "coco_cascade" if "CascadeRoIHead" in config_text else "coco_mask_rcnn"
 
 
+def _seed_dirs(stage_dir: Path) -> list[tuple[int, Path]]:
+    """The stage's ``seed_N/`` work dirs, by seed."""
+    pattern = re.compile("^" + SEED_DIR.format(r"(\d+)") + "$")
+    return sorted((int(m[1]), d) for d in (stage_dir.iterdir() if stage_dir.is_dir() else [])
+                  if d.is_dir() and (m := pattern.match(d.name)))
+
+
+def _mean_metrics(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:
+    """The mean over seeds of each metric every seed has."""
+    keys = set.intersection(*(set(m) for m in per_seed.values())) if per_seed else set()
+    return {k: statistics.fmean(m[k] for m in per_seed.values()) for k in sorted(keys)}
+
+
+def read_seeded_transfer(stage_dir: Path, seed_dirs: list[tuple[int, Path]]) -> TransferStage:
+    """A transfer stage run once per seed (``seed_N/``): the seeds' metrics, their means, the first's logs."""
+    seeds = {seed: read_transfer(folder) for seed, folder in seed_dirs}
+    first = seeds[seed_dirs[0][0]]
+    finished = {seed: s for seed, s in seeds.items() if s.status == "finished"}
+    info = TransferStage(str(stage_dir), status="finished" if len(finished) == len(seeds) else "unfinished",
+                         series=first.series, dumped_config=first.dumped_config, protocol=first.protocol,
+                         seeds={seed: s.metrics for seed, s in finished.items()},
+                         tta_seeds={seed: s.tta_metrics for seed, s in finished.items() if s.tta_metrics})
+    info.metrics, info.tta_metrics = _mean_metrics(info.seeds), _mean_metrics(info.tta_seeds)
+    if finished:
+        last = next(iter(finished.values()))
+        info.config, info.checkpoint, info.commit, info.time, info.world_size = (
+            last.config, last.checkpoint, last.commit, last.time, last.world_size)
+    return info
+
+
 def read_transfer(stage_dir: Path) -> TransferStage:
-    """An ADE20K / COCO / ImageNet stage: finished once its test_results.json holds a metrics dict."""
+    """An ADE20K / COCO / ImageNet stage: finished once its test_results.json holds a metrics dict (with seed
+    dirs: once each seed's does)."""
+    seed_dirs = _seed_dirs(stage_dir)
+    if seed_dirs:
+        return read_seeded_transfer(stage_dir, seed_dirs)
     if not stage_dir.is_dir():
         return TransferStage(str(stage_dir))
     config_path = _latest_file(stage_dir, "vis_data/config.py")
     info = TransferStage(str(stage_dir), status="unfinished", series=read_scalars(stage_dir),
                          dumped_config=str(config_path) if config_path else None)
-    if stage_dir.name == "coco" and config_path is not None:
+    if "coco" in (stage_dir.name, stage_dir.parent.name) and config_path is not None:
         info.protocol = coco_protocol(config_path.read_text())
     results = _test_results(stage_dir)
     if results is not None:
@@ -254,13 +288,14 @@ def _pretrain_variant(pretrain: PretrainStage, run: RunInfo | None) -> str:
 
 def _values(stages: dict) -> tuple[dict[str, float | None], dict[str, float]]:
     """The row's numbers by VALUE_METRICS key, scaled and rounded as displayed (None where absent), and the
-    standard deviation over seeds of those averaged over seeds (the linear probe, with two or more seeds)."""
+    standard deviation over seeds of those averaged over seeds (stages with two or more seeds)."""
     values: dict[str, float | None] = {}
     spread: dict[str, float] = {}
     for metric in METRICS:
         stage = stages[metric.stage]
-        if isinstance(stage, ProbeStage):
-            raw = [seed[metric.result_key] for seed in stage.seeds.values() if metric.result_key in seed]
+        seeds = stage.tta_seeds if metric.tta else stage.seeds
+        if isinstance(stage, ProbeStage) or len(seeds) >= 2:
+            raw = [seed[metric.result_key] for seed in seeds.values() if metric.result_key in seed]
             if len(raw) >= 2:
                 spread[metric.key] = round(statistics.stdev(raw) * metric.scale, metric.decimals)
             raw = statistics.fmean(raw) if raw else None

@@ -46,8 +46,9 @@ class Metric:
     tta: bool = False
 
 
-# Transfer metrics, read from each stage's test results (mmdet's mAP is a fraction: shown x 100). The linear
-# probe's is the mean over its seeds (Row.spread holds their standard deviation).
+# Transfer metrics, read from each stage's test results (mmdet's mAP is a fraction: shown x 100). A stage with
+# seeds (the linear probe; ADE20K, COCO, fine-tuning when the pipeline gives them seeds) shows the mean over its
+# seeds (Row.spread holds their standard deviation).
 METRICS = (
     Metric("ade20k_miou", "ADE20K mIoU", "ade20k", "mIoU", 1.0, 2, "mIoU", "ade20k_ss"),
     Metric("ade20k_miou_msflip", "ADE20K mIoU ms+flip", "ade20k", "mIoU", 1.0, 2, "mIoU ms+flip", "ade20k_msflip",
@@ -148,7 +149,9 @@ class TransferStage(Stage):
 
     status: "finished" (test_results.json holds metrics), "unfinished" (a work dir without them) or
     "missing". ``metrics`` and the provenance fields come from test_results.json, ``tta_metrics`` from
-    test_results_tta.json (a --tta test; empty without one). ``protocol``: a COCO stage's detector,
+    test_results_tta.json (a --tta test; empty without one). With seeds (``seed_N/`` work dirs, as the linear
+    probe's) ``seeds`` / ``tta_seeds`` hold each seed's metrics, ``metrics`` / ``tta_metrics`` their means, and the
+    stage is finished when every seed is. ``protocol``: a COCO stage's detector,
     'coco_cascade' or 'coco_mask_rcnn' (from its dumped config), else None.
     """
 
@@ -161,6 +164,8 @@ class TransferStage(Stage):
     world_size: int | None = None
     dumped_config: str | None = None
     protocol: str | None = None
+    seeds: dict[int, dict[str, float]] = field(default_factory=dict)  # seed_N/ dirs: {seed: metrics}
+    tta_seeds: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass

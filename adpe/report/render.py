@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from adpe.report.intervals import RECORD_STATISTICS, Uncertainty, compute
 from adpe.report.records import (
     FINAL_LOSS_WINDOW,
     METRICS,
@@ -24,13 +25,22 @@ from adpe.report.records import (
     Row,
     load_published,
 )
-from adpe.report.tabulate import CSV_COLUMNS, format_value, json_row, resolve_baseline, status_of, table_rows
+from adpe.report.stats import LEVEL
+from adpe.report.tabulate import (
+    CSV_COLUMNS,
+    format_value,
+    json_row,
+    resolve_baseline,
+    status_of,
+    table_rows,
+)
 
 # report.md's plot sections: plot name -> title, in order.
 PLOT_TITLES = {"pretrain_loss": "Pretraining loss", "pretrain_knn": "kNN top-1 during pretraining",
                "adv_norm": "Adversarial perturbation norm",
                "ade20k_miou": "ADE20K validation mIoU", "coco_ap": "COCO validation AP",
-               "imagenet_top1": "ImageNet validation top-1", "final_metrics": "Final metrics"}
+               "imagenet_top1": "ImageNet validation top-1", "final_metrics": "Final metrics",
+               "deltas": "Deltas against the baseline (95% paired intervals)"}
 Panel = tuple[str, list[tuple[str, list[tuple[float, float]]]]]  # (panel title, [(legend label, series), ...])
 
 
@@ -112,7 +122,36 @@ def _bar_plot(path: Path, rows: list[Row]) -> Path | None:
     return path
 
 
-def write_plots(rows: list[Row], out_dir: Path) -> dict[str, Path]:
+def _forest_plot(path: Path, rows: list[Row], uncertainty: Uncertainty) -> Path | None:
+    """The paired deltas against the baseline with their 95% intervals: a panel per metric, a line per row (a
+    forest plot); None when no row has a delta with an interval."""
+    metrics = [m for m in METRICS if any(m.key in uncertainty.deltas.get(r.name, {}) for r in rows)]
+    if not metrics:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.6 * len(rows) + 1.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for i, row in enumerate(rows):
+            delta = uncertainty.deltas.get(row.name, {}).get(metric.key)
+            if delta is None:
+                continue
+            color = f"C{i % 10}"  # the row's colour in every plot
+            ax.errorbar([delta.point], [i], xerr=[[delta.point - delta.low], [delta.high - delta.point]], fmt="o",
+                        color=color, capsize=4)
+            ax.annotate(delta.verdict, (delta.high, i), textcoords="offset points", xytext=(6, -3), fontsize=7)
+        ax.axvline(0.0, color="gray", lw=1, ls="--")
+        ax.set_yticks(range(len(rows)), [row.label for row in rows], fontsize=8)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_title(f"Δ {metric.short}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Row minus baseline, 95% paired bootstrap intervals")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_plots(rows: list[Row], out_dir: Path, uncertainty: Uncertainty | None = None) -> dict[str, Path]:
     """The PNG plots that have data, by name (PLOT_TITLES' keys), written into ``out_dir``."""
     def lines(stage: str, key: str, scale: float = 1.0) -> list[tuple[str, list[tuple[float, float]]]]:
         return [(row.label, [(s, v * scale) for s, v in row.stages[stage].series.get(key, [])]) for row in rows]
@@ -136,6 +175,7 @@ def write_plots(rows: list[Row], out_dir: Path) -> dict[str, Path]:
                                     [("fine-tuning", lines("imagenet", "accuracy/top1")),
                                      ("linear probe (first seed)", lines("linear_probe", "accuracy/top1"))], val_x),
         "final_metrics": _bar_plot(out_dir / "final_metrics.png", rows),
+        "deltas": _forest_plot(out_dir / "deltas.png", rows, uncertainty or Uncertainty()),
     }
     return {name: path for name, path in plots.items() if path is not None}
 
@@ -181,24 +221,33 @@ def _results_table(rows: list[Row], cells: list[dict[str, str]]) -> list[str]:
     return _md_table(header, body) + (["", f"No row has: {', '.join(hidden)}."] if hidden else [])
 
 
-def _probe_margins(rows: list[Row]) -> list[str]:
-    """Each pretrained row's linear-probe top-1 against the random-init row's (the row without pretraining), in
-    points and in units of the larger of the two rows' standard deviations over seeds."""
-    key = "linear_probe_top1"
-    scratch = next((r for r in rows if r.pretrain.status == "none" and r.values.get(key) is not None), None)
-    pretrained = [r for r in rows if r is not scratch and r.pretrain.status != "none" and r.values.get(key) is not None]
-    if scratch is None or not pretrained:
-        return []
-    lines = ["## Linear probe: pretrained rows against random init", ""]
-    for row in pretrained:
-        margin = row.values[key] - scratch.values[key]
-        spread = max(row.spread.get(key, 0.0), scratch.spread.get(key, 0.0))
-        ratio = f"{margin / spread:+.1f} × the larger seed std ({spread:.1f})" if spread else "no seed spread"
-        verdict = "above 3 std" if spread and margin > 3 * spread else "not above 3 std"
-        lines.append(f"- {row.label}: {row.values[key]:.1f} ± {row.spread.get(key, 0.0):.1f} against "
-                     f"{scratch.values[key]:.1f} ± {scratch.spread.get(key, 0.0):.1f} ({scratch.label}): "
-                     f"{margin:+.1f} points, {ratio}: **{verdict}**.")
-    return lines + [""]
+def _method_section(rows: list[Row], uncertainty: Uncertainty) -> list[str]:
+    """How the intervals were made: images, seeds and draws per metric; the runs whose intervals need a re-test,
+    with the command; why some deltas have none."""
+    lines = ["## Intervals and verdicts", ""]
+    done = []
+    for metric in METRICS:
+        found = [iv for r in rows if (iv := uncertainty.values.get(r.name, {}).get(metric.key)) is not None]
+        if found:
+            images = sorted({iv.n_images for iv in found})
+            seeds = sorted({iv.seeds for iv in found})
+            method = RECORD_STATISTICS[metric.key][2]
+            done.append(f"{metric.label}: {'/'.join(map(str, images))} images, {'/'.join(map(str, seeds))} "
+                        f"seed(s), B = {found[0].draws} draws ({method})")
+    if done:
+        lines += [f"Each value carries its {LEVEL:.0%} bootstrap interval over the test images, from the per-image "
+                  "records each test writes (test_records.npz); a delta is the row minus the baseline, its interval "
+                  "paired: both rows under the same image draws. With several seeds the draws resample the seeds, "
+                  "then the images, and the value shows mean ± std over seeds before the interval. Verdict: "
+                  "**better** / **worse** when the delta's interval excludes 0, else **not distinguishable**. "
+                  "Draws are seeded (seed 0); docs/statistics.md describes the method. " + "; ".join(done) + ".", ""]
+    if uncertainty.retest:
+        lines += ["Values without an interval were tested before tests wrote per-image records: "
+                  "the interval needs a re-test, with:", ""]
+        lines += [f"- {row}, {label}: `{command}`" for row, label, command in uncertainty.retest]
+        lines.append("")
+    lines += [f"- {note}" for note in uncertainty.notes]
+    return lines + ([""] if uncertainty.notes else []) if len(lines) > 2 else []
 
 
 def _published_section() -> list[str]:
@@ -247,7 +296,8 @@ def _plots_section(plots: dict[str, Path], out_dir: Path) -> list[str]:
         if key in plots:
             lines += [f"### {title}", "", f"![{title}]({_rel(str(plots[key]), out_dir)})", ""]
         else:
-            reason = "no adversarial variant" if key == "adv_norm" else "no data"
+            reason = {"adv_norm": "no adversarial variant",
+                      "deltas": "no delta with per-image records on both sides"}.get(key, "no data")
             lines += [f"### {title}", "", f"_Not plotted: {reason}._", ""]
     return lines
 
@@ -297,8 +347,9 @@ def _probe_lines(probe: ProbeStage) -> list[str]:
 
 
 def render_markdown(rows: list[Row], cells: list[dict[str, str]], base: Row | None, plots: dict[str, Path],
-                    env: dict, env_source: str, out_dir: Path) -> str:
-    """report.md: results table, published numbers, plots, per-run provenance and the environment."""
+                    env: dict, env_source: str, out_dir: Path, uncertainty: Uncertainty | None = None) -> str:
+    """report.md: results table, intervals, published numbers, plots, per-run provenance and the environment."""
+    uncertainty = uncertainty or Uncertainty()
     now = datetime.datetime.now().isoformat(timespec="seconds")
     lines = ["# AdPE results report", "",
              f"Generated {now} from {len(rows)} variant(s); baseline for the deltas: "
@@ -308,14 +359,15 @@ def render_markdown(rows: list[Row], cells: list[dict[str, str]], base: Row | No
     lines += _results_table(rows, cells)
     lines += ["",
               "mIoU in %, two decimals (ms+flip: the --tta test, test_results_tta.json); AP = COCO mAP x 100, one "
-              "decimal; top-1 in %, one decimal; all from each stage's test results. Linear probe: mean ± standard "
-              "deviation over its seeds. "
+              "decimal; top-1 in %, one decimal; all from each stage's test results. A stage with seeds (the linear "
+              "probe, and any the pipeline gave seeds): mean ± standard deviation over its seeds. [low, high]: the "
+              "95% interval (next section). "
               f"Final pretrain loss: mean of the last {FINAL_LOSS_WINDOW} logged training losses. Deltas: row minus "
-              "baseline, from the values as shown.",
+              "baseline (with records: the paired interval and the verdict; without: from the values as shown).",
               "*missing*: no work dir for the stage (or the metric was not reported); *unfinished*: a work dir "
               "without test_results.json, or pretraining without the checkpoint of its last epoch; *none*: the "
               "variant has no pretraining (e.g. random init).", ""]
-    lines += _probe_margins(rows)
+    lines += _method_section(rows, uncertainty)
     lines += _comparison_section(rows) + [""]
     lines += _published_section()
     lines += [""] + _plots_section(plots, out_dir)
@@ -353,7 +405,8 @@ def write_report(rows: list[Row], out_dir: str | Path, baseline: str | None = No
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = resolve_baseline(rows, baseline)
-    cells = table_rows(rows, baseline)
+    uncertainty = compute(rows, base)
+    cells = table_rows(rows, baseline, uncertainty)
     paths: dict[str, Path] = {}
 
     paths["csv"] = out_dir / "results.csv"
@@ -362,7 +415,7 @@ def write_report(rows: list[Row], out_dir: str | Path, baseline: str | None = No
         writer.writeheader()
         writer.writerows(cells)
 
-    plots = write_plots(rows, out_dir)
+    plots = write_plots(rows, out_dir, uncertainty)
     env, env_source = _environment(rows, env, collect_env)
 
     paths["json"] = out_dir / "results.json"
@@ -370,7 +423,8 @@ def write_report(rows: list[Row], out_dir: str | Path, baseline: str | None = No
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
         "baseline": base.name if base else None,
         "columns": list(CSV_COLUMNS),
-        "rows": [json_row(row, cell) for row, cell in zip(rows, cells, strict=True)],
+        "rows": [json_row(row, cell, uncertainty) for row, cell in zip(rows, cells, strict=True)],
+        "intervals": {"level": LEVEL, "retest": [list(r) for r in uncertainty.retest], "notes": uncertainty.notes},
         "published": load_published().summary(),
         "environment": env,
         "environment_source": env_source,
@@ -379,6 +433,6 @@ def write_report(rows: list[Row], out_dir: str | Path, baseline: str | None = No
     paths["json"].write_text(json.dumps(document, indent=2, default=str) + "\n")
 
     paths["md"] = out_dir / "report.md"
-    paths["md"].write_text(render_markdown(rows, cells, base, plots, env, env_source, out_dir))
+    paths["md"].write_text(render_markdown(rows, cells, base, plots, env, env_source, out_dir, uncertainty))
     paths.update(plots)
     return paths

@@ -8,6 +8,7 @@ The YAML config names the work dir, the data folders, the GPU count (one for eve
 (see tools/demo_pipeline.yaml and tools/pipeline_vitb.yaml): ``ade20k`` / ``coco`` {config, cfg_options, and for
 ADE20K ``tta: true`` to add the multi-scale + flip test}, ``imagenet`` {``finetune``: {config, cfg_options},
 ``linear_probe``: {config, cfg_options, seeds: [0, 1, 2]}} -- one probe per seed, which the report averages.
+``seeds: [...]`` works the same for ``ade20k``, ``coco`` and ``finetune``: one work dir ``TASK/seed_N`` per seed.
 Each stage writes a ``.done`` marker when it succeeds; a re-run skips finished stages, and an interrupted stage
 resumes from its newest checkpoint (the configs set ``resume = True``).
 ``--dry-run`` prints every command instead of running it.
@@ -176,12 +177,18 @@ def transfer_steps(cfg: PipelineConfig, variant: RunInfo, task: str, backbone: P
 
 def variant_transfer_steps(cfg: PipelineConfig, variant: RunInfo, backbone: Path | None) -> list[Step]:
     """Every transfer task of the config for one variant: ADE20K, COCO, ImageNet fine-tuning, then the linear
-    probes (one work dir ``linear_probe/seed_N`` per seed)."""
+    probes (one work dir ``linear_probe/seed_N`` per seed). ADE20K, COCO and fine-tuning with ``seeds: [...]`` run
+    once per seed too (``ade20k/seed_N``, ...): the report shows mean ± std over seeds and resamples the seeds in
+    its intervals."""
     vdir = cfg.work_dir / variant.name
     steps = []
     for task, spec in (("ade20k", cfg.ade20k), ("coco", cfg.coco), ("imagenet", cfg.imagenet.get("finetune"))):
-        if spec:
+        if not spec:
+            continue
+        if "seeds" not in spec:  # one run in the stage dir itself, with the config's seed
             steps += transfer_steps(cfg, variant, task, backbone, spec, vdir / task)
+        for seed in spec.get("seeds", []):  # one work dir per seed, as the linear probe's
+            steps += transfer_steps(cfg, variant, task, backbone, spec, vdir / task / SEED_DIR.format(seed), seed)
     probe = cfg.imagenet.get("linear_probe")
     for seed in probe.get("seeds", [0]) if probe else []:
         steps += transfer_steps(cfg, variant, "linear_probe", backbone, probe,

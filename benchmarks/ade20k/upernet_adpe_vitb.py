@@ -13,7 +13,7 @@ custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 # Records the backbone's resolved 'auto' settings in the saved config and checkpoints; EffectiveBatchHook keeps
 # 16 images per optimiser step on any GPU count by gradient accumulation (4 GPUs x 2 images: 2 steps).
 custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook'),
-                dict(type='WorkDirLockHook')]
+                dict(type='WorkDirLockHook'), dict(type='TestRecordsHook')]
 effective_batch = 16
 # The alternative, mmdet's --auto-scale-lr: lr x (GPUs x batch_size) / 16, no accumulation (our launchers then
 # set effective_batch = None: one mechanism at a time).
@@ -84,6 +84,10 @@ test_pipeline = [
 train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
+# mmseg's IoUMetric that also keeps each image's areas; TestRecordsHook writes them beside the test results
+# (test_records.npz: the report's intervals and paired deltas, docs/statistics.md)
+val_evaluator = dict(type='RecordedIoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
 # tools/test.py --tta: the release's multi-scale + flip protocol, mmseg 0.x's
 # upernet_mae-base_fp16_512x512_160k_ade20k_ms.py: MultiScaleFlipAug(img_scale=(2048, 512), img_ratios=[0.5, 0.75,
 # 1.0, 1.25, 1.5, 1.75], flip=True) around Resize(keep_ratio=True, min_size=512). MultiScaleFlipAug gives ratio r

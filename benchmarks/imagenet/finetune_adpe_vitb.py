@@ -16,7 +16,7 @@ custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 # EMA of the weights (optional in the release's recipe): add dict(type='EMAHook', momentum=1e-4) (mmengine's
 # hook; decay 0.9999) to this list.
 custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook'),
-                dict(type='WorkDirLockHook')]
+                dict(type='WorkDirLockHook'), dict(type='TestRecordsHook')]
 effective_batch = 1024
 # The alternative, --auto-scale-lr: lr x (GPUs x batch_size) / base_batch_size, no accumulation.
 auto_scale_lr = dict(enable=False, base_batch_size=effective_batch)
@@ -51,6 +51,10 @@ model = dict(
 train_dataloader = dict(batch_size=128)
 val_dataloader = dict(batch_size=128)
 test_dataloader = val_dataloader
+# mmpretrain's Accuracy that also keeps each image's top-5; TestRecordsHook writes them beside the test results
+# (test_records.npz: the report's intervals and paired deltas, docs/statistics.md)
+val_evaluator = dict(type='RecordedAccuracy', topk=(1, 5))
+test_evaluator = val_evaluator
 
 optim_wrapper = dict(
     type='AutoAmpOptimWrapper',  # bf16 autocast on CPUs and bf16 GPUs, fp16 + dynamic loss scale on older GPUs

@@ -8,7 +8,7 @@
 _base_ = ['mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py', 'mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook'),
-                dict(type='WorkDirLockHook')]
+                dict(type='WorkDirLockHook'), dict(type='TestRecordsHook')]
 effective_batch = 16384  # 8 GPUs x 512 images x 4 accumulation steps
 auto_scale_lr = dict(enable=False, base_batch_size=effective_batch)
 base_lr = 0.1
@@ -45,6 +45,10 @@ train_pipeline = [
 train_dataloader = dict(batch_size=512, drop_last=True, dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(batch_size=256)
 test_dataloader = val_dataloader
+# mmpretrain's Accuracy that also keeps each image's top-5; TestRecordsHook writes them beside the test results
+# (test_records.npz: the report's intervals and paired deltas, docs/statistics.md)
+val_evaluator = dict(type='RecordedAccuracy', topk=(1, 5))
+test_evaluator = val_evaluator
 
 optim_wrapper = dict(
     type='AutoAmpOptimWrapper',

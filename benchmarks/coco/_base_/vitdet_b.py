@@ -8,7 +8,7 @@ custom_imports = dict(imports=['adpe.mm'], allow_failed_imports=False)
 # Records the backbone's resolved 'auto' settings in the saved config and checkpoints; EffectiveBatchHook keeps
 # 64 images per optimiser step on any GPU count by gradient accumulation (4 GPUs x 8 images: 2 steps).
 custom_hooks = [dict(type='ResolvedBackboneHook'), dict(type='EffectiveBatchHook'), dict(type='NonFiniteLossHook'),
-                dict(type='WorkDirLockHook')]
+                dict(type='WorkDirLockHook'), dict(type='TestRecordsHook')]
 effective_batch = 64
 # The alternative, mmdet's --auto-scale-lr: lr x (GPUs x batch_size) / 64, no accumulation (our launchers then
 # set effective_batch = None: one mechanism at a time).
@@ -56,6 +56,10 @@ train_dataloader = dict(batch_size=8, num_workers=8, dataset=dict(_delete_=True,
     filter_cfg=dict(filter_empty_gt=True, min_size=32), pipeline={{_base_.train_pipeline}}))
 val_dataloader = dict(dataset=dict(type='CheckedCocoDataset', pipeline=test_pipeline))
 test_dataloader = val_dataloader
+# mmdet's CocoMetric that also keeps COCOeval's per-image matches; TestRecordsHook writes them beside the test
+# results (test_records.npz: the report's intervals and paired deltas, docs/statistics.md)
+val_evaluator = dict(type='RecordedCocoMetric')
+test_evaluator = val_evaluator
 # tools/test.py --tta: horizontal flip, views merged by box NMS as mmdet's DetTTAModel does, each kept box with its
 # own view's mask (AdPEDetTTAModel: mmdet 3.3.0's DetTTAModel refuses masks). The data preprocessor pads each view
 # after its flip, bottom-right, so the predictions map back onto the image.
