@@ -1,5 +1,5 @@
 """Tooling bound to a checkout of this repository, not part of the method: the pipeline (``pipeline``), the
-benchmarks' machinery (``bench``), the environment report and mmcv build rules (``env``) and the demo datasets
+benchmarks and their targets (``bench``), the environment report and mmcv build rules (``env``) and the demo datasets
 (``demo_data``, which needs OpenCV). They run the scripts of ``tools/`` with relative paths from the checkout's
 root, so they need the package installed editable from a checkout (``make setup`` does that): ``checkout_root``
 is the one check.
