@@ -1,6 +1,18 @@
 #!/usr/bin/env bash
 # Idempotent set-up of .venv with the pinned stack (requirements.txt).
 #
+#   make setup                                   pinned torch from the package index
+#   make setup TORCH=system [PYTHON=python3]     reuse the torch / torchvision that PYTHON imports (a container's,
+#                                                a `module load pytorch`'s, a conda env's); pins everything else
+#   make setup WHEELHOUSE=DIR [TORCH=system]     no package index at all: every package from DIR (tools/wheelhouse.sh)
+#
+# Variables (environment or make): PYTHON (the interpreter, default python3; 3.11 or 3.12), TORCH (pinned | system),
+# WHEELHOUSE (a folder made by `make wheelhouse`; sub-folders part-N are read too), VENV (default .venv),
+# ADPE_CACHE (default ~/.cache/adpe), MAX_JOBS (mmcv build jobs, default: all cores),
+# ADPE_ALLOW_UNTESTED_TORCH=1 (TORCH=system: go on with a torch outside the tested range, with a warning).
+# TORCH and WHEELHOUSE are remembered in $VENV/.adpe-setup-args: a later plain `make setup` (as `make test` and
+# `make env` run) keeps the system torch and the wheelhouse instead of reaching for the index.
+#
 # mmcv 2.1.0 (the newest mmcv that mmseg 1.2.2 and mmdet 3.3.0 accept) ships only as source on PyPI and
 # hard-codes -std=c++17, while torch 2.14's headers need C++20. We build it once with the flag changed and
 # keep the wheel in $ADPE_CACHE (default ~/.cache/adpe), keyed by mmcv, torch and Python versions and by its
@@ -8,19 +20,24 @@
 # visible GPUs or TORCH_CUDA_ARCH_LIST, with nvcc and a CUDA torch). So a fresh clone installs in about a
 # minute afterwards, and a CPU-only wheel is never installed on a GPU node that shares the cache.
 #
-# The environment counts as ready only when .venv/.adpe-setup-ok exists; it is written last, after an
+# The environment counts as ready only when $VENV/.adpe-setup-ok exists; it is written last, after an
 # import check of the whole stack and a run of mmcv's ops on every device present, so an interrupted or
 # failed run is never mistaken for a good one.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-VENV="$PWD/.venv"
+ROOT=$PWD
+VENV=${VENV:-.venv}
+[[ "$VENV" = /* ]] || VENV="$ROOT/$VENV"
 STAMP="$VENV/.adpe-setup-ok"
+ARGS_FILE="$VENV/.adpe-setup-args"
 PY=${PYTHON:-python3}
 MMCV_VERSION=2.1.0
-TORCH_VERSION=$(sed -n 's/^torch==//p' requirements.txt)
+PINNED_TORCH=$(sed -n 's/^torch==//p' requirements.txt)
+# The torch releases the suite is tested with (README, "Supported versions"): minor versions, both ends included.
+TORCH_TESTED_MIN=2.11
+TORCH_TESTED_MAX=2.14
 CACHE=${ADPE_CACHE:-$HOME/.cache/adpe}
-fingerprint=$(cat requirements.txt pyproject.toml tools/setup_env.sh | sha256sum | cut -c1-16)
 
 say() { printf '[setup] %s\n' "$*"; }
 die() {
@@ -30,8 +47,107 @@ die() {
     exit 1
 }
 
+# ------------------------------------------------------------------ what to do: remembered and given settings
+remembered() { [[ -f "$ARGS_FILE" ]] && sed -n "s/^$1=//p" "$ARGS_FILE" || true; }
+TORCH=${TORCH:-$(remembered TORCH)}
+TORCH=${TORCH:-pinned}
+WHEELHOUSE=${WHEELHOUSE:-$(remembered WHEELHOUSE)}
+case "$TORCH" in
+    pinned|system) ;;
+    *) die "TORCH=$TORCH: use TORCH=pinned (torch $PINNED_TORCH from the index or the wheelhouse) or TORCH=system" ;;
+esac
+FIND_LINKS=()
+if [[ -n "$WHEELHOUSE" ]]; then
+    [[ -d "$WHEELHOUSE" ]] || die "WHEELHOUSE=$WHEELHOUSE is not a folder (make one with \`make wheelhouse WHEELHOUSE=DIR\`)"
+    WHEELHOUSE=$(cd "$WHEELHOUSE" && pwd)
+    FIND_LINKS=(--no-index --find-links "$WHEELHOUSE")
+    for part in "$WHEELHOUSE"/part-*/; do [[ -d "$part" ]] && FIND_LINKS+=(--find-links "${part%/}"); done
+fi
+# Files that `make wheelhouse SPLIT_MIB=N` cut into NAME.chunk-I-of-K: joined into $VENV/adpe/joined (after the
+# venv exists), each checked against the wheelhouse's SHA256SUMS.
+join_chunks() {
+    local first name count joined="$VENV/adpe/joined" i piece
+    [[ -n "$WHEELHOUSE" ]] || return 0
+    while IFS= read -r first; do
+        name=$(basename "${first%.chunk-1-of-*}")
+        count=${first##*-of-}
+        [[ -f "$joined/$name" ]] && continue
+        mkdir -p "$joined"
+        : > "$joined/.$name.partial"
+        for ((i = 1; i <= count; i++)); do
+            piece=$(find "$WHEELHOUSE" -maxdepth 2 -name "$name.chunk-$i-of-$count" | head -n 1)
+            [[ -n "$piece" ]] || die "$WHEELHOUSE lacks $name.chunk-$i-of-$count: bring every part of the wheelhouse"
+            cat "$piece" >> "$joined/.$name.partial"
+        done
+        if [[ -f "$WHEELHOUSE/SHA256SUMS" ]]; then
+            want=$(awk -v n="$name" '$2 == n {print $1}' "$WHEELHOUSE/SHA256SUMS")
+            [[ "$(sha256sum < "$joined/.$name.partial" | cut -d' ' -f1)" == "$want" ]] \
+                || die "$name joined from its chunks does not match $WHEELHOUSE/SHA256SUMS: bring the parts again"
+        fi
+        mv "$joined/.$name.partial" "$joined/$name"
+        say "joined $name from $count chunks"
+    done < <(find "$WHEELHOUSE" -maxdepth 2 -name '*.chunk-1-of-*' | sort)
+    [[ -d "$joined" ]] && FIND_LINKS+=(--find-links "$joined")
+    return 0
+}
+
+# The interpreter: 3.11 or 3.12 (what requires-python in pyproject.toml allows).
+py_version=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null) \
+    || die "cannot run PYTHON=$PY (set PYTHON=/path/to/python3.11 or python3.12)"
+case "$py_version" in
+    3.11|3.12) ;;
+    *) die "PYTHON=$PY is Python $py_version; the suite needs Python 3.11 or 3.12 (set PYTHON=/path/to/python3.12)" ;;
+esac
+
+# TORCH=system: the torch and torchvision that PYTHON imports, refused outside the tested range.
+SYSTEM_SITE=()
+if [[ "$TORCH" == system ]]; then
+    probe=$("$PY" - "$TORCH_TESTED_MIN" "$TORCH_TESTED_MAX" <<'EOF'
+import re, sys
+low, high = (tuple(int(p) for p in v.split(".")) for v in sys.argv[1:3])
+try:
+    import torch
+except Exception as err:
+    print(f"error=cannot import torch ({type(err).__name__}: {err})")
+    sys.exit()
+try:
+    import torchvision
+    tv = torchvision.__version__
+except Exception as err:
+    tv = f"none ({type(err).__name__}: {err})"
+m = re.match(r"(\d+)\.(\d+)", torch.__version__)
+ok = m is not None and low <= (int(m[1]), int(m[2])) <= high
+print(f"version={torch.__version__}\nvision={tv}\nlocation={torch.__file__.rsplit('/torch/', 1)[0]}\ntested={int(ok)}")
+EOF
+    ) || die "cannot run PYTHON=$PY"
+    probe_get() { sed -n "s/^$1=//p" <<< "$probe"; }
+    [[ -z "$(probe_get error)" ]] || die "TORCH=system: PYTHON=$PY $(probe_get error). Load the container's or module's \
+Python (or set PYTHON), or leave TORCH unset for the pinned torch $PINNED_TORCH."
+    TORCH_VERSION=$(probe_get version)
+    TORCHVISION_VERSION=$(probe_get vision)
+    TORCH_LOCATION=$(probe_get location)
+    if [[ "$(probe_get tested)" != 1 ]]; then
+        msg="TORCH=system: $PY has torch $TORCH_VERSION ($TORCH_LOCATION), outside the tested range \
+torch $TORCH_TESTED_MIN to $TORCH_TESTED_MAX (README, \"Supported versions\"). Use a container or module with a torch \
+in that range, or leave TORCH unset for the pinned torch $PINNED_TORCH in .venv; ADPE_ALLOW_UNTESTED_TORCH=1 goes on \
+at your own risk."
+        [[ "${ADPE_ALLOW_UNTESTED_TORCH:-0}" == 1 ]] || die "$msg"
+        say "WARNING: ADPE_ALLOW_UNTESTED_TORCH=1: going on with untested torch $TORCH_VERSION"
+    fi
+    [[ "$TORCHVISION_VERSION" != none* ]] || die "TORCH=system: $PY has torch $TORCH_VERSION but no torchvision \
+($TORCHVISION_VERSION). Install the torchvision built for this torch in the container or module (pip would \
+otherwise fetch one that drags in another torch)."
+    SYSTEM_SITE=(--system-site-packages)
+    say "TORCH=system: torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION from $TORCH_LOCATION"
+else
+    TORCH_VERSION=$PINNED_TORCH
+fi
+
+fingerprint=$( (cat requirements.txt pyproject.toml tools/setup_env.sh; echo "$TORCH $TORCH_VERSION $py_version") \
+    | sha256sum | cut -c1-16)
+
 # The flavour of mmcv this machine needs (it differs between a CPU login node and a GPU node sharing .venv).
-mmcv_build() { PYTHONPATH="$PWD" "$VENV/bin/python" -m adpe.env --mmcv-build; }
+mmcv_build() { PYTHONPATH="$ROOT" "$VENV/bin/python" -m adpe.env --mmcv-build; }
 
 if [[ -f "$STAMP" ]] && build=$(mmcv_build 2>/dev/null) \
         && [[ "$(cat "$STAMP")" == "$fingerprint $(sed -n 's/^MMCV_FLAVOUR=//p' <<< "$build")" ]]; then
@@ -40,18 +156,59 @@ if [[ -f "$STAMP" ]] && build=$(mmcv_build 2>/dev/null) \
 fi
 rm -f "$STAMP"
 
-if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
-    say "creating $VENV with $($PY --version 2>&1)"
+# ------------------------------------------------------------------ the venv
+venv_python_ok() {
+    "$VENV/bin/python" -c "import sys; assert f'{sys.version_info[0]}.{sys.version_info[1]}' == '$py_version'" \
+        2>/dev/null || return 1
+    local system_site
+    system_site=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg" 2>/dev/null)
+    [[ "$system_site" == "$([[ "$TORCH" == system ]] && echo true || echo false)" ]]
+}
+if [[ ! -x "$VENV/bin/python" ]] || ! venv_python_ok; then
+    say "creating $VENV with $($PY --version 2>&1)${SYSTEM_SITE:+ and its system site packages}"
     rm -rf "$VENV"
-    "$PY" -m venv "$VENV" || die "could not create $VENV with $PY (set PYTHON=/path/to/python3.11)"
+    "$PY" -m venv "${SYSTEM_SITE[@]}" "$VENV" || die "could not create $VENV with $PY (set PYTHON=/path/to/python3.11)"
 fi
+printf 'TORCH=%s\nWHEELHOUSE=%s\n' "$TORCH" "$WHEELHOUSE" > "$ARGS_FILE"
 VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip --disable-pip-version-check --no-input)
+CONSTRAINTS=()
+if [[ "$TORCH" == system ]]; then
+    # A PYTHON that is itself a venv (or has torch on a path of its own) does not pass its packages on through
+    # --system-site-packages: point .venv at the folder its torch lies in, after .venv's own site-packages.
+    seen=$("$VPY" -c 'import torch; print(torch.__file__.rsplit("/torch/", 1)[0])' 2>/dev/null || true)
+    if [[ "$seen" != "$TORCH_LOCATION" ]]; then
+        site=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+        echo "$TORCH_LOCATION" > "$site/zz-adpe-system-torch.pth"
+        seen=$("$VPY" -c 'import torch; print(torch.__file__.rsplit("/torch/", 1)[0])' 2>/dev/null || true)
+        [[ "$seen" == "$TORCH_LOCATION" ]] || die "$VENV does not see the torch of $PY ($TORCH_LOCATION)"
+    fi
+    # Nothing pip does in .venv may replace them: any requirement that wants another torch fails instead.
+    mkdir -p "$VENV/adpe"
+    printf 'torch==%s\ntorchvision==%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION" > "$VENV/adpe/system-torch.txt"
+    CONSTRAINTS=(-c "$VENV/adpe/system-torch.txt")
+fi
+join_chunks
 pin() { grep -E "^$1==" requirements.txt; }
+# requirements.txt without the packages that come from elsewhere (mmcv: our wheel; torch: the system's).
+REQS="$VENV/adpe/requirements.txt"
+mkdir -p "$VENV/adpe"
+if [[ "$TORCH" == system ]]; then
+    grep -vE '^(torch|torchvision)==' requirements.txt > "$REQS"
+else
+    cp requirements.txt "$REQS"
+fi
 
-say "installing build prerequisites (torch $TORCH_VERSION, numpy, setuptools)"
-"${PIP[@]}" install -q "$(pin setuptools)" "$(pin numpy)" "$(pin torch)" wheel ninja \
-    || die "pip could not install torch/numpy/setuptools"
+torch_pkgs=()
+[[ "$TORCH" == pinned ]] && torch_pkgs=("$(pin torch)")
+say "installing build prerequisites (${torch_pkgs:+torch $TORCH_VERSION, }numpy, setuptools)${WHEELHOUSE:+ from $WHEELHOUSE}"
+if [[ -n "$WHEELHOUSE" && "$TORCH" == pinned ]] && ! find "$WHEELHOUSE" "$VENV/adpe" -maxdepth 2 \
+        -name "torch-$PINNED_TORCH*.whl" | grep -q .; then
+    die "$WHEELHOUSE has no torch $PINNED_TORCH wheel: use TORCH=system with a Python that has torch, or build the \
+wheelhouse with WITH_TORCH=1"
+fi
+"${PIP[@]}" install -q "${FIND_LINKS[@]}" "${CONSTRAINTS[@]}" "$(pin setuptools)" "$(pin numpy)" "${torch_pkgs[@]}" \
+    wheel ninja || die "pip could not install ${torch_pkgs:+torch/}numpy/setuptools/wheel/ninja"
 
 build=$(mmcv_build) || die "cannot choose an mmcv build for this machine (see the error above)"
 eval "$build"
@@ -59,23 +216,35 @@ say "mmcv flavour $MMCV_FLAVOUR: $MMCV_REASON"
 PYTAG=$("$VPY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 WHEELS="$CACHE/wheels/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$PYTAG-$(uname -m)-$MMCV_FLAVOUR"
 if ! ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
+    jobs=${MAX_JOBS:-$(nproc)}
     if [[ "$MMCV_FORCE_CUDA" == 1 ]]; then
-        say "building mmcv $MMCV_VERSION with CPU and CUDA ops (C++20); about 6.5 minutes with MAX_JOBS=12 for one architecture"
+        say "building mmcv $MMCV_VERSION with CPU and CUDA ops (C++20, MAX_JOBS=$jobs); about 6.5 minutes with MAX_JOBS=12 for one architecture"
     else
-        say "building mmcv $MMCV_VERSION with compiled CPU ops (C++20); takes 8-20 minutes on 2 cores"
+        say "building mmcv $MMCV_VERSION with compiled CPU ops (C++20, MAX_JOBS=$jobs); takes 8-20 minutes on 2 cores"
     fi
     mkdir -p "$CACHE/wheels"
     work=$(mktemp -d "$CACHE/wheels/build.XXXXXX")
     trap 'rm -rf "$work"' EXIT
-    "${PIP[@]}" download -q --no-deps --no-binary :all: -d "$work" "mmcv==$MMCV_VERSION" \
-        || die "could not download the mmcv $MMCV_VERSION source from PyPI"
-    tar -xzf "$work"/mmcv-"$MMCV_VERSION".tar.gz -C "$work"
+    sdist=$(ls "$WHEELHOUSE"/mmcv-"$MMCV_VERSION".tar.gz "$WHEELHOUSE"/part-*/mmcv-"$MMCV_VERSION".tar.gz 2>/dev/null \
+        | head -n 1 || true)
+    if [[ -n "$WHEELHOUSE" ]]; then
+        [[ -n "$sdist" ]] || die "$WHEELHOUSE has no mmcv-$MMCV_VERSION.tar.gz (and no cached wheel in $WHEELS)"
+        say "mmcv source from $sdist"
+    else
+        # pip prepares the source's metadata in an isolated build environment, whose newest setuptools lacks the
+        # pkg_resources that mmcv's setup.py imports: cap it there too.
+        echo 'setuptools<81' > "$work/build-constraints.txt"
+        PIP_CONSTRAINT="$work/build-constraints.txt" \
+            "${PIP[@]}" download -q --no-deps --no-binary :all: -d "$work" "mmcv==$MMCV_VERSION" \
+            || die "could not download the mmcv $MMCV_VERSION source from PyPI"
+        sdist="$work/mmcv-$MMCV_VERSION.tar.gz"
+    fi
+    tar -xzf "$sdist" -C "$work"
     src="$work/mmcv-$MMCV_VERSION"
     grep -q -- "-std=c++17" "$src/setup.py" || die "mmcv's setup.py no longer contains -std=c++17; update tools/setup_env.sh"
     sed -i 's/-std=c++17/-std=c++20/g' "$src/setup.py"
-    (cd "$src" && MMCV_WITH_OPS=1 FORCE_CUDA=$MMCV_FORCE_CUDA TORCH_CUDA_ARCH_LIST="$MMCV_CUDA_ARCHS" \
-        MAX_JOBS=${MAX_JOBS:-$(nproc)} \
-        "${PIP[@]}" wheel --no-build-isolation --no-deps -w "$work/dist" . > "$work/build.log" 2>&1) || {
+    (cd "$src" && MMCV_WITH_OPS=1 FORCE_CUDA=$MMCV_FORCE_CUDA TORCH_CUDA_ARCH_LIST="$MMCV_CUDA_ARCHS" MAX_JOBS=$jobs \
+        "${PIP[@]}" wheel --no-build-isolation --no-deps --no-index -w "$work/dist" . > "$work/build.log" 2>&1) || {
         tail -n 40 "$work/build.log" >&2
         cp "$work/build.log" "$CACHE/wheels/mmcv-build-failed.log"
         die "building mmcv $MMCV_VERSION failed (full log: $CACHE/wheels/mmcv-build-failed.log)"
@@ -91,11 +260,15 @@ say "installing the pinned stack and the adpe package"
 # --force-reinstall: a .venv shared by nodes of different flavours must get this node's mmcv, not keep the other.
 "${PIP[@]}" install -q --no-deps --force-reinstall "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl \
     || die "pip could not install the cached mmcv wheel from $WHEELS"
-"${PIP[@]}" install -q --find-links "$WHEELS" -r requirements.txt \
-    || die "pip could not install requirements.txt"
+"${PIP[@]}" install -q "${FIND_LINKS[@]}" --find-links "$WHEELS" "${CONSTRAINTS[@]}" -r "$REQS" \
+    || die "pip could not install requirements.txt${WHEELHOUSE:+ from $WHEELHOUSE (is it built for this Python and platform?)}"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e . || die "pip could not install the adpe package"
 
 say "checking the stack"
 "$VPY" -m adpe.env --check || die "the installed stack does not import or its compiled ops fail; see the error above"
+if [[ "$TORCH" == system ]]; then
+    inside=$("$VPY" -c 'import torch; print(torch.__version__)')
+    [[ "$inside" == "$TORCH_VERSION" ]] || die "torch in $VENV is $inside, not the system's $TORCH_VERSION"
+fi
 echo "$fingerprint $MMCV_FLAVOUR" > "$STAMP"
-say "ready: $VENV"
+say "ready: $VENV (torch $TORCH_VERSION${WHEELHOUSE:+, from $WHEELHOUSE without an index})"
