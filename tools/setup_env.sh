@@ -9,8 +9,11 @@
 # Variables (environment or make): PYTHON (the interpreter, default python3; 3.11 or 3.12), TORCH (pinned | system),
 # WHEELHOUSE (a folder made by `make wheelhouse`; sub-folders part-N are read too), VENV (default .venv),
 # ADPE_CACHE (default ~/.cache/adpe), MAX_JOBS (mmcv build jobs, default: all cores),
-# ADPE_ALLOW_UNTESTED_TORCH=1 (TORCH=system: go on with a torch outside the tested range, with a warning).
-# TORCH and WHEELHOUSE are remembered in $VENV/.adpe-setup-args: a later plain `make setup` (as `make test` and
+# ADPE_ALLOW_UNTESTED_TORCH=1 (TORCH=system: go on with a torch outside the tested range, with a warning),
+# KEEP_SYSTEM=1 (TORCH=system: keep the system Python's own version of a pinned package it already has, e.g. a
+# container's numpy or matplotlib, instead of installing the pin in front of it; the OpenMMLab packages, timm and
+# setuptools stay pinned; for wheelhouses made with PRESENT=, see tools/wheelhouse.sh).
+# TORCH, WHEELHOUSE and KEEP_SYSTEM are remembered in $VENV/.adpe-setup-args: a later plain `make setup` (as `make test` and
 # `make env` run) keeps the system torch and the wheelhouse instead of reaching for the index.
 #
 # mmcv 2.1.0 (the newest mmcv that mmseg 1.2.2 and mmdet 3.3.0 accept) ships only as source on PyPI and
@@ -52,10 +55,13 @@ remembered() { [[ -f "$ARGS_FILE" ]] && sed -n "s/^$1=//p" "$ARGS_FILE" || true;
 TORCH=${TORCH:-$(remembered TORCH)}
 TORCH=${TORCH:-pinned}
 WHEELHOUSE=${WHEELHOUSE:-$(remembered WHEELHOUSE)}
+KEEP_SYSTEM=${KEEP_SYSTEM:-$(remembered KEEP_SYSTEM)}
+KEEP_SYSTEM=${KEEP_SYSTEM:-0}
 case "$TORCH" in
     pinned|system) ;;
     *) die "TORCH=$TORCH: use TORCH=pinned (torch $PINNED_TORCH from the index or the wheelhouse) or TORCH=system" ;;
 esac
+[[ "$KEEP_SYSTEM" == 0 || "$TORCH" == system ]] || die "KEEP_SYSTEM=1 needs TORCH=system"
 FIND_LINKS=()
 if [[ -n "$WHEELHOUSE" ]]; then
     [[ -d "$WHEELHOUSE" ]] || die "WHEELHOUSE=$WHEELHOUSE is not a folder (make one with \`make wheelhouse WHEELHOUSE=DIR\`)"
@@ -143,7 +149,7 @@ else
     TORCH_VERSION=$PINNED_TORCH
 fi
 
-fingerprint=$( (cat requirements.txt pyproject.toml tools/setup_env.sh; echo "$TORCH $TORCH_VERSION $py_version") \
+fingerprint=$( (cat requirements.txt pyproject.toml tools/setup_env.sh; echo "$TORCH $TORCH_VERSION $py_version $KEEP_SYSTEM") \
     | sha256sum | cut -c1-16)
 
 # The flavour of mmcv this machine needs (it differs between a CPU login node and a GPU node sharing .venv).
@@ -169,7 +175,7 @@ if [[ ! -x "$VENV/bin/python" ]] || ! venv_python_ok; then
     rm -rf "$VENV"
     "$PY" -m venv "${SYSTEM_SITE[@]}" "$VENV" || die "could not create $VENV with $PY (set PYTHON=/path/to/python3.11)"
 fi
-printf 'TORCH=%s\nWHEELHOUSE=%s\n' "$TORCH" "$WHEELHOUSE" > "$ARGS_FILE"
+printf 'TORCH=%s\nWHEELHOUSE=%s\nKEEP_SYSTEM=%s\n' "$TORCH" "$WHEELHOUSE" "$KEEP_SYSTEM" > "$ARGS_FILE"
 VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip --disable-pip-version-check --no-input)
 CONSTRAINTS=()
@@ -195,6 +201,51 @@ REQS="$VENV/adpe/requirements.txt"
 mkdir -p "$VENV/adpe"
 if [[ "$TORCH" == system ]]; then
     grep -vE '^(torch|torchvision)==' requirements.txt > "$REQS"
+    if [[ "$KEEP_SYSTEM" == 1 ]]; then
+        # A pin the system already has (any version) becomes a bare name, which that version satisfies.
+        "$VPY" - "$REQS" <<'EOF'
+import re, sys
+from importlib import metadata
+path = sys.argv[1]
+always = {"mmengine", "mmcv", "mmsegmentation", "mmdet", "mmpretrain", "timm", "setuptools"}
+lines = []
+for line in open(path).read().splitlines():
+    m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)$", line)
+    if m and re.sub(r"[-_.]+", "-", m[1].lower()) not in always:
+        have = None
+        # (a system opencv-python-headless stands for opencv-python: a second cv2 package would shadow it)
+        for name in (m[1], "opencv-python-headless") if m[1] == "opencv-python" else (m[1],):
+            try:
+                have = have or metadata.version(name)
+            except metadata.PackageNotFoundError:
+                pass
+        if have is not None:
+            if have != m[2]:
+                print(f"[setup] KEEP_SYSTEM=1: the system's {m[1]} {have} instead of the pinned {m[2]}")
+            line = m[1]
+    lines.append(line)
+open(path, "w").write("\n".join(lines) + "\n")
+EOF
+        # A system with opencv-python-headless only: mmengine's opencv-python requirement would add a second cv2.
+        # A metadata-only opencv-python of the same version, made here, stands for it (as mmcv's own set-up picks
+        # whichever of the two is installed).
+        headless=$("$VPY" -c 'from importlib import metadata as m
+try: m.version("opencv-python")
+except m.PackageNotFoundError: print(m.version("opencv-python-headless"))' 2>/dev/null || true)
+        if [[ -n "$headless" ]]; then
+            headless=${headless%%+*}
+            stub="$VENV/adpe/opencv-stub" info="opencv_python-$headless.dist-info"
+            mkdir -p "$stub/$info"
+            printf 'Metadata-Version: 2.1\nName: opencv-python\nVersion: %s\nSummary: stands for the system opencv-python-headless (KEEP_SYSTEM=1)\n' \
+                "$headless" > "$stub/$info/METADATA"
+            printf 'Wheel-Version: 1.0\nGenerator: adpe\nRoot-Is-Purelib: true\nTag: py3-none-any\n' > "$stub/$info/WHEEL"
+            printf '%s/METADATA,,\n%s/WHEEL,,\n%s/RECORD,,\n' "$info" "$info" "$info" > "$stub/$info/RECORD"
+            (cd "$stub" && "$VPY" -m zipfile -c "opencv_python-$headless-py3-none-any.whl" "$info")
+            "${PIP[@]}" install -q --no-deps --no-index "$stub/opencv_python-$headless-py3-none-any.whl" \
+                || die "could not record the system's opencv-python-headless as opencv-python"
+            say "KEEP_SYSTEM=1: the system's opencv-python-headless $headless stands for opencv-python"
+        fi
+    fi
 else
     cp requirements.txt "$REQS"
 fi

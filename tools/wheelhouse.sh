@@ -15,6 +15,12 @@
 # larger than N is cut into NAME.chunk-I-of-K pieces), for transfers with a size limit: carry the parts one by one
 # into the same DIR; `make setup` reads them as one, joins the pieces and checks them against DIR/SHA256SUMS.
 #
+# PRESENT=FILE: the target Python's `python3 -m pip list --format=freeze`, for `make setup TORCH=system KEEP_SYSTEM=1`:
+# what the target already has is left out (resolved as stand-ins of its versions), and so is a pinned package it has
+# in another version (KEEP_SYSTEM=1 keeps the system's), except the OpenMMLab packages, timm and setuptools. A line
+# with a name alone (no ==version) leaves that package's wheels out after resolving as usual. A target with
+# opencv-python-headless and no opencv-python counts as having opencv-python (the set-up does the same).
+#
 # Without torch and torchvision, the dependencies that only torch needs (sympy, networkx, the CUDA libraries,
 # triton) are left out too: torch is resolved as a stand-in package with no dependencies.
 set -euo pipefail
@@ -56,7 +62,7 @@ start=$SECONDS
 # Stand-ins for torch and torchvision: wheels of the pinned versions (local label +adpestub) with no dependencies,
 # so that pip resolves timm and the rest without fetching torch.
 stub() {  # name version
-    local dist="$1-$2+adpestub" dir="$work/stub/$1"
+    local dist="${1//-/_}-$2+adpestub" dir="$work/stub/$1"
     mkdir -p "$dir/$dist.dist-info"
     printf 'Metadata-Version: 2.1\nName: %s\nVersion: %s+adpestub\n' "$1" "$2" > "$dir/$dist.dist-info/METADATA"
     printf 'Wheel-Version: 1.0\nGenerator: adpe\nRoot-Is-Purelib: true\nTag: py3-none-any\n' > "$dir/$dist.dist-info/WHEEL"
@@ -65,8 +71,23 @@ stub() {  # name version
     (cd "$dir" && "$PY" -m zipfile -c "$work/stubs/$dist-py3-none-any.whl" "$dist.dist-info")
 }
 mkdir -p "$work/stubs"
-stub torch "$TORCH_PIN"
-stub torchvision "$VISION_PIN"
+PRESENT=${PRESENT:-}
+[[ -z "$PRESENT" || -f "$PRESENT" ]] || die "PRESENT=$PRESENT is not a file (the target's pip list --format=freeze)"
+present_version() {  # name -> the version PRESENT lists for it, if any
+    [[ -n "$PRESENT" ]] || return 0
+    "$PY" - "$PRESENT" "$1" <<'EOF'
+import re, sys
+norm = lambda n: re.sub(r"[-_.]+", "-", n.lower())
+for line in open(sys.argv[1]):
+    m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s;]+)", line.strip())
+    if m and norm(m[1]) == norm(sys.argv[2]):
+        print(m[2].split("+")[0])
+EOF
+}
+TORCH_STUB=$(present_version torch); TORCH_STUB=${TORCH_STUB:-$TORCH_PIN}
+VISION_STUB=$(present_version torchvision); VISION_STUB=${VISION_STUB:-$VISION_PIN}
+stub torch "$TORCH_STUB"
+stub torchvision "$VISION_STUB"
 
 # requirements.txt without mmcv (a source archive, below) and, unless WITH_TORCH=1, pinned to the stand-ins;
 # plus mmcv's own run-time dependencies (its source's requirements/runtime.txt) and the build prerequisites.
@@ -76,7 +97,40 @@ if [[ "$WITH_TORCH" == 1 ]]; then
     printf 'torch==%s\ntorchvision==%s\n' "$TORCH_PIN" "$VISION_PIN" >> "$work/requirements.txt"
     : > "$work/constraints.txt"
 else
-    printf 'torch==%s+adpestub\ntorchvision==%s+adpestub\n' "$TORCH_PIN" "$VISION_PIN" > "$work/constraints.txt"
+    printf 'torch==%s+adpestub\ntorchvision==%s+adpestub\n' "$TORCH_STUB" "$VISION_STUB" > "$work/constraints.txt"
+fi
+if [[ -n "$PRESENT" ]]; then
+    # Stand-ins for what the target has, pinned to its versions; its pinned packages (but the always-pinned) unpinned.
+    "$PY" - "$PRESENT" "$work/requirements.txt" "$work/constraints.txt" "$work/present.txt" <<'EOF'
+import re, sys
+present_file, reqs_file, constraints_file, out = sys.argv[1:5]
+norm = lambda n: re.sub(r"[-_.]+", "-", n.lower())
+always = {"mmengine", "mmcv", "mmsegmentation", "mmdet", "mmpretrain", "timm", "setuptools", "torch", "torchvision"}
+present, names = {}, set()
+for line in open(present_file):
+    m = re.match(r"^([A-Za-z0-9_.-]+)(?:==([^\s;]+))?\s*$", line.strip())
+    if m and norm(m[1]) not in always:
+        if m[2]:
+            present[norm(m[1])] = m[2].split("+")[0]
+        else:
+            names.add(norm(m[1]))
+for headless in ("opencv-python-headless",):  # one cv2: the target's headless build stands for opencv-python
+    if headless in present and "opencv-python" not in present:
+        present["opencv-python"] = present[headless]
+    if headless in names:
+        names.add("opencv-python")
+reqs = []
+for line in open(reqs_file).read().splitlines():
+    m = re.match(r"^([A-Za-z0-9_.-]+)(==\S+)?$", line)
+    reqs.append(m[1] if m and norm(m[1]) in present.keys() | names else line)
+open(reqs_file, "w").write("\n".join(reqs) + "\n")
+with open(constraints_file, "a") as f:
+    f.writelines(f"{name}=={version}+adpestub\n" for name, version in sorted(present.items()))
+open(out, "w").writelines(f"{name} {version}\n" for name, version in sorted(present.items()))
+open(out + ".names", "w").writelines(f"{name}\n" for name in sorted(names))
+EOF
+    while read -r name version; do stub "$name" "$version"; done < "$work/present.txt"
+    say "PRESENT: $(cat "$work/present.txt" "$work/present.txt.names" | wc -l) packages of the target left out (KEEP_SYSTEM=1 keeps them)"
 fi
 
 say "downloading wheels for CPython $PYTHON_VERSION on $PLATFORM into $WHEELHOUSE (torch: $([[ $WITH_TORCH == 1 ]] \
@@ -85,6 +139,11 @@ say "downloading wheels for CPython $PYTHON_VERSION on $PLATFORM into $WHEELHOUS
     -r "$work/requirements.txt" -c "$work/constraints.txt" \
     || die "pip could not download the wheels (above: the package without a wheel for $PYTHON_VERSION / $PLATFORM)"
 rm -f "$work"/dl/*+adpestub-*.whl
+if [[ -n "$PRESENT" ]]; then  # the names PRESENT lists without a version
+    while read -r name; do
+        rm -f "$work/dl/${name//-/_}"-[0-9]*.whl "$work/dl/$name"-[0-9]*.whl
+    done < "$work/present.txt.names"
+fi
 
 say "downloading the mmcv $MMCV source archive"
 # pip prepares the archive's metadata with the newest setuptools, which lacks the pkg_resources mmcv's setup.py needs.
