@@ -86,7 +86,7 @@ fi
 DATA="$OUT/data"
 step_command() {  # step -> the command line(s), as shown by --dry-run and run by run_step
     case "$1" in
-        env) if ((PY_GIVEN)); then echo "$PY -m adpe.env"; else echo "make env"; fi ;;
+        env) if ((PY_GIVEN)) || ! command -v make >/dev/null; then echo "$PY -m adpe.env"; else echo "make env"; fi ;;
         pretrain-bench) echo "$PY tools/benchmark_pretrain.py ${PRETRAIN_ARGS[*]} --json $OUT/pretrain.json" ;;
         seg-bench) echo "$PY tools/benchmark_backbone.py --only seg ${SEG_ARGS[*]} --json $OUT/seg.json" ;;
         det-bench) echo "$PY tools/benchmark_backbone.py --only det ${DET_ARGS[*]} --json $OUT/det.json" ;;

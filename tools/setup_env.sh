@@ -13,8 +13,8 @@
 # KEEP_SYSTEM=1 (TORCH=system: keep the system Python's own version of a pinned package it already has, e.g. a
 # container's numpy or matplotlib, instead of installing the pin in front of it; the OpenMMLab packages, timm and
 # setuptools stay pinned; for wheelhouses made with PRESENT=, see tools/wheelhouse.sh).
-# TORCH, WHEELHOUSE and KEEP_SYSTEM are remembered in $VENV/.adpe-setup-args: a later plain `make setup` (as `make test` and
-# `make env` run) keeps the system torch and the wheelhouse instead of reaching for the index.
+# PYTHON, TORCH, WHEELHOUSE and KEEP_SYSTEM are remembered in $VENV/.adpe-setup-args: a later plain `make setup` (as
+# `make test` and `make env` run) keeps the system torch and the wheelhouse instead of reaching for the index.
 #
 # mmcv 2.1.0 (the newest mmcv that mmseg 1.2.2 and mmdet 3.3.0 accept) ships only as source on PyPI and
 # hard-codes -std=c++17, while torch 2.14's headers need C++20. We build it once with the flag changed and
@@ -34,7 +34,6 @@ VENV=${VENV:-.venv}
 [[ "$VENV" = /* ]] || VENV="$ROOT/$VENV"
 STAMP="$VENV/.adpe-setup-ok"
 ARGS_FILE="$VENV/.adpe-setup-args"
-PY=${PYTHON:-python3}
 MMCV_VERSION=2.1.0
 PINNED_TORCH=$(sed -n 's/^torch==//p' requirements.txt)
 # The torch releases the suite is tested with (README, "Supported versions"): minor versions, both ends included.
@@ -52,6 +51,8 @@ die() {
 
 # ------------------------------------------------------------------ what to do: remembered and given settings
 remembered() { [[ -f "$ARGS_FILE" ]] && sed -n "s/^$1=//p" "$ARGS_FILE" || true; }
+PY=${PYTHON:-$(remembered PYTHON)}
+PY=${PY:-python3}
 TORCH=${TORCH:-$(remembered TORCH)}
 TORCH=${TORCH:-pinned}
 WHEELHOUSE=${WHEELHOUSE:-$(remembered WHEELHOUSE)}
@@ -175,19 +176,31 @@ if [[ ! -x "$VENV/bin/python" ]] || ! venv_python_ok; then
     rm -rf "$VENV"
     "$PY" -m venv "${SYSTEM_SITE[@]}" "$VENV" || die "could not create $VENV with $PY (set PYTHON=/path/to/python3.11)"
 fi
-printf 'TORCH=%s\nWHEELHOUSE=%s\nKEEP_SYSTEM=%s\n' "$TORCH" "$WHEELHOUSE" "$KEEP_SYSTEM" > "$ARGS_FILE"
+printf 'PYTHON=%s\nTORCH=%s\nWHEELHOUSE=%s\nKEEP_SYSTEM=%s\n' "$PY" "$TORCH" "$WHEELHOUSE" "$KEEP_SYSTEM" > "$ARGS_FILE"
 VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip --disable-pip-version-check --no-input)
 CONSTRAINTS=()
+mkdir -p "$VENV/adpe"
 if [[ "$TORCH" == system ]]; then
-    # A PYTHON that is itself a venv (or has torch on a path of its own) does not pass its packages on through
-    # --system-site-packages: point .venv at the folder its torch lies in, after .venv's own site-packages.
+    # A PYTHON that is itself a venv or conda env (as a container's often is) does not pass its packages on through
+    # --system-site-packages, which reaches only its base interpreter's: .venv is pointed at every site folder of
+    # PYTHON that it does not see yet (the one holding torch among them), after .venv's own site-packages.
     seen=$("$VPY" -c 'import torch; print(torch.__file__.rsplit("/torch/", 1)[0])' 2>/dev/null || true)
     if [[ "$seen" != "$TORCH_LOCATION" ]]; then
         site=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-        echo "$TORCH_LOCATION" > "$site/zz-adpe-system-torch.pth"
+        "$PY" -c 'import os, site, sys
+dirs = site.getsitepackages() + [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+print("
+".join(dict.fromkeys(d for d in dirs if os.path.isdir(d))))' > "$VENV/adpe/system-site.txt"
+        grep -qxF "$TORCH_LOCATION" "$VENV/adpe/system-site.txt" || echo "$TORCH_LOCATION" >> "$VENV/adpe/system-site.txt"
+        # (only the folders .venv does not see already)
+        "$VPY" -c 'import sys; seen = set(sys.path)
+print("
+".join(l for l in open(sys.argv[1]).read().splitlines() if l not in seen))' "$VENV/adpe/system-site.txt" \
+            > "$site/zz-adpe-system-site.pth"
         seen=$("$VPY" -c 'import torch; print(torch.__file__.rsplit("/torch/", 1)[0])' 2>/dev/null || true)
         [[ "$seen" == "$TORCH_LOCATION" ]] || die "$VENV does not see the torch of $PY ($TORCH_LOCATION)"
+        say "$VENV sees the site folders of $PY: $(paste -sd ' ' "$site/zz-adpe-system-site.pth")"
     fi
     # Nothing pip does in .venv may replace them: any requirement that wants another torch fails instead.
     mkdir -p "$VENV/adpe"
