@@ -124,7 +124,17 @@ except Exception as err:
     tv = f"none ({type(err).__name__}: {err})"
 m = re.match(r"(\d+)\.(\d+)", torch.__version__)
 ok = m is not None and low <= (int(m[1]), int(m[2])) <= high
+# The constraint needs the distributions' versions: a PyPI wheel's torch.__version__ carries a local label
+# ("2.11.0+cu130") that its metadata ("2.11.0") does not.
+from importlib import metadata
+dists = []
+for name in ("torch", "torchvision"):
+    try:
+        dists.append(f"{name}=={metadata.version(name)}")
+    except metadata.PackageNotFoundError:
+        pass
 print(f"version={torch.__version__}\nvision={tv}\nlocation={torch.__file__.rsplit('/torch/', 1)[0]}\ntested={int(ok)}")
+print(f"dists={' '.join(dists)}")
 EOF
     ) || die "cannot run PYTHON=$PY"
     probe_get() { sed -n "s/^$1=//p" <<< "$probe"; }
@@ -133,6 +143,7 @@ Python (or set PYTHON), or leave TORCH unset for the pinned torch $PINNED_TORCH.
     TORCH_VERSION=$(probe_get version)
     TORCHVISION_VERSION=$(probe_get vision)
     TORCH_LOCATION=$(probe_get location)
+    TORCH_DISTS=$(probe_get dists)
     if [[ "$(probe_get tested)" != 1 ]]; then
         msg="TORCH=system: $PY has torch $TORCH_VERSION ($TORCH_LOCATION), outside the tested range \
 torch $TORCH_TESTED_MIN to $TORCH_TESTED_MAX (README, \"Supported versions\"). Use a container or module with a torch \
@@ -204,7 +215,7 @@ print("
     fi
     # Nothing pip does in .venv may replace them: any requirement that wants another torch fails instead.
     mkdir -p "$VENV/adpe"
-    printf 'torch==%s\ntorchvision==%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION" > "$VENV/adpe/system-torch.txt"
+    tr ' ' '\n' <<< "$TORCH_DISTS" > "$VENV/adpe/system-torch.txt"
     CONSTRAINTS=(-c "$VENV/adpe/system-torch.txt")
 fi
 join_chunks
