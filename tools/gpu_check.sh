@@ -20,6 +20,7 @@
 # Budget: about 7 minutes on one H100 / H200 with mmcv already built (the benchmarks take most of it); building
 # mmcv with CUDA ops (`make setup` on the node) takes about 6.5 minutes more with MAX_JOBS=12.
 set -uo pipefail
+shopt -s extglob
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -73,13 +74,16 @@ if ((REHEARSE)); then
     SEG_ARGS=(--size tiny --seg-size 64 --batch 1 --dtypes fp32 --steps 1 --warmup 0)
     DET_ARGS=(--size tiny --det-size 128 --window-size 4 --batch 1 --dtypes fp32 --steps 1 --warmup 0 --skip-global)
     DATA_ARGS=(--device cpu --generate 16 --batch 4 --batches 1 --workers 1)
-    TRAIN_DEVICE_OPTS=("train_dataloader.num_workers=0" "train_dataloader.persistent_workers=False")
+    DEMO_ARGS=(--scale tiny)
+    TRAIN_DEVICE_OPTS=(train_dataloader.num_workers=0 train_dataloader.persistent_workers=False
+                       val_dataloader.num_workers=0 val_dataloader.persistent_workers=False train_dataloader.batch_size=2)
     PRETRAIN_EPOCHS=(1 2) SEG_ITERS=4 DET_ITERS=4
 else
     PRETRAIN_ARGS=(--images 128 --dtypes bf16 --steps "$( ((QUICK)) && echo 5 || echo 15)")
     SEG_ARGS=(--dtypes bf16 --batch 8)
     DET_ARGS=(--dtypes bf16 --batch 2)
     DATA_ARGS=(--device cuda)
+    DEMO_ARGS=()
     TRAIN_DEVICE_OPTS=()
     PRETRAIN_EPOCHS=(1 2) SEG_ITERS=40 DET_ITERS=30
 fi
@@ -91,9 +95,9 @@ step_command() {  # step -> the command line(s), as shown by --dry-run and run b
         seg-bench) echo "$PY tools/benchmark_backbone.py --only seg ${SEG_ARGS[*]} --json $OUT/seg.json" ;;
         det-bench) echo "$PY tools/benchmark_backbone.py --only det ${DET_ARGS[*]} --json $OUT/det.json" ;;
         data-bench) echo "$PY tools/benchmark_data.py ${DATA_ARGS[*]}" ;;
-        demo-data) echo "$PY tools/make_demo_data.py --root $DATA" ;;
+        demo-data) echo "$PY tools/make_demo_data.py --root $DATA ${DEMO_ARGS[*]}" ;;
         pretrain-amp)
-            local opts="train_dataloader.dataset.data_root=$DATA/imagenet default_hooks.checkpoint.interval=1 ${TRAIN_DEVICE_OPTS[*]}"
+            local opts="train_dataloader.dataset.data_root=$DATA/imagenet default_hooks.checkpoint.interval=1 ${TRAIN_DEVICE_OPTS[*]//val_dataloader.*([^ ])/}"
             echo "$PY tools/train.py pretrain/demo/adpe_vit_tiny_rpe_coord.py --amp --work-dir $OUT/pretrain_amp --cfg-options $opts train_cfg.max_epochs=${PRETRAIN_EPOCHS[0]}"
             echo "$PY tools/train.py pretrain/demo/adpe_vit_tiny_rpe_coord.py --amp --resume --work-dir $OUT/pretrain_amp --cfg-options $opts train_cfg.max_epochs=${PRETRAIN_EPOCHS[1]}" ;;
         upernet-amp)
@@ -194,9 +198,11 @@ elif step == "data-bench":
             step_rate = float(need.read_text())
             ok = rate >= step_rate
             print(f"{'ok' if ok else 'MISS'}\tdevice path {rate:.0f} images/s vs the fastest pretraining step's "
-                  f"{step_rate:.0f} images/s{'' if ok else ' (MISS: decoding slower than training)'}")
+                  f"{step_rate:.3g} images/s{'' if ok else ' (MISS: decoding slower than training)'}")
         else:
             print(f"ok\tdevice path {rate:.0f} images/s (no pretrain-bench figure to compare with)")
+elif step == "demo-data":
+    print("ok\t" + "; ".join(l.split("  (")[0].strip() for l in text.splitlines() if l.startswith(("wrote", "kept"))))
 elif step == "pretrain-amp":
     work = out / "pretrain_amp"
     resumed = re.search(r"resumed epoch", text, re.I) is not None
