@@ -202,7 +202,7 @@ elif step == "data-bench":
         else:
             print(f"ok\tdevice path {rate:.0f} images/s (no pretrain-bench figure to compare with)")
 elif step == "demo-data":
-    print("ok\t" + "; ".join(l.split("  (")[0].strip() for l in text.splitlines() if l.startswith(("wrote", "kept"))))
+    print("ok\t" + "; ".join(" ".join(l.split("  (")[0].split()) for l in text.splitlines() if l.startswith(("wrote", "kept"))))
 elif step == "pretrain-amp":
     work = out / "pretrain_amp"
     resumed = re.search(r"resumed epoch", text, re.I) is not None
