@@ -201,13 +201,11 @@ if [[ "$TORCH" == system ]]; then
         site=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
         "$PY" -c 'import os, site, sys
 dirs = site.getsitepackages() + [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
-print("
-".join(dict.fromkeys(d for d in dirs if os.path.isdir(d))))' > "$VENV/adpe/system-site.txt"
+print("\n".join(dict.fromkeys(d for d in dirs if os.path.isdir(d))))' > "$VENV/adpe/system-site.txt"
         grep -qxF "$TORCH_LOCATION" "$VENV/adpe/system-site.txt" || echo "$TORCH_LOCATION" >> "$VENV/adpe/system-site.txt"
         # (only the folders .venv does not see already)
         "$VPY" -c 'import sys; seen = set(sys.path)
-print("
-".join(l for l in open(sys.argv[1]).read().splitlines() if l not in seen))' "$VENV/adpe/system-site.txt" \
+print("\n".join(l for l in open(sys.argv[1]).read().splitlines() if l not in seen))' "$VENV/adpe/system-site.txt" \
             > "$site/zz-adpe-system-site.pth"
         seen=$("$VPY" -c 'import torch; print(torch.__file__.rsplit("/torch/", 1)[0])' 2>/dev/null || true)
         [[ "$seen" == "$TORCH_LOCATION" ]] || die "$VENV does not see the torch of $PY ($TORCH_LOCATION)"
