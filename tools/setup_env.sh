@@ -144,6 +144,10 @@ Python (or set PYTHON), or leave TORCH unset for the pinned torch $PINNED_TORCH.
     TORCHVISION_VERSION=$(probe_get vision)
     TORCH_LOCATION=$(probe_get location)
     TORCH_DISTS=$(probe_get dists)
+    # The mmcv cache key: the distribution's version ("2.14.1" for PyPI's torch whose __version__ is "2.14.1+cu130"),
+    # so that the pinned set-up and TORCH=system on the same torch share a wheel.
+    TORCH_KEY=$(tr ' ' '\n' <<< "$TORCH_DISTS" | sed -n 's/^torch==//p')
+    TORCH_KEY=${TORCH_KEY:-$TORCH_VERSION}
     if [[ "$(probe_get tested)" != 1 ]]; then
         msg="TORCH=system: $PY has torch $TORCH_VERSION ($TORCH_LOCATION), outside the tested range \
 torch $TORCH_TESTED_MIN to $TORCH_TESTED_MAX (README, \"Supported versions\"). Use a container or module with a torch \
@@ -159,6 +163,7 @@ otherwise fetch one that drags in another torch)."
     say "TORCH=system: torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION from $TORCH_LOCATION"
 else
     TORCH_VERSION=$PINNED_TORCH
+    TORCH_KEY=$PINNED_TORCH
 fi
 
 fingerprint=$( (cat requirements.txt pyproject.toml tools/setup_env.sh; echo "$TORCH $TORCH_VERSION $py_version $KEEP_SYSTEM") \
@@ -287,7 +292,7 @@ build=$(mmcv_build) || die "cannot choose an mmcv build for this machine (see th
 eval "$build"
 say "mmcv flavour $MMCV_FLAVOUR: $MMCV_REASON"
 PYTAG=$("$VPY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-WHEELS="$CACHE/wheels/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$PYTAG-$(uname -m)-$MMCV_FLAVOUR"
+WHEELS="$CACHE/wheels/mmcv-$MMCV_VERSION-torch$TORCH_KEY-$PYTAG-$(uname -m)-$MMCV_FLAVOUR"
 if ! ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
     jobs=${MAX_JOBS:-$(nproc)}
     if [[ "$MMCV_FORCE_CUDA" == 1 ]]; then
