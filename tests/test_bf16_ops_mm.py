@@ -9,8 +9,9 @@ pytestmark = pytest.mark.mm
 
 
 def test_nms_and_batched_nms_take_bf16_boxes_and_keep_their_dtype():
-    import adpe.mm  # noqa: F401  (the patch)
     from mmcv.ops import batched_nms, nms
+
+    import adpe.mm  # noqa: F401  (the patch)
 
     boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])
     scores = torch.tensor([0.9, 0.8, 0.7])
@@ -24,8 +25,9 @@ def test_nms_and_batched_nms_take_bf16_boxes_and_keep_their_dtype():
 
 
 def test_roi_align_takes_bf16_features_and_rois_and_passes_gradients():
-    import adpe.mm  # noqa: F401
     from mmcv.ops import RoIAlign
+
+    import adpe.mm  # noqa: F401
 
     torch.manual_seed(0)
     features = torch.randn(1, 2, 8, 8)

@@ -150,10 +150,12 @@ def test_wheelhouse_then_offline_setup_on_the_system_torch(tmp_path):
     The "system" Python is tools/torch_env.sh's (torch only, as in a container; ADPE_TEST_TORCH picks its version,
     default the pinned minor, whose CPU mmcv wheel `make setup` has already cached)."""
     pinned = re.search(r"^torch==(\d+\.\d+)", (ROOT / "requirements.txt").read_text(), re.M)[1]
-    system_python = subprocess.run(["bash", str(ROOT / "tools/torch_env.sh"), os.environ.get("ADPE_TEST_TORCH", pinned)],
-                                   check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    system_torch = subprocess.run([system_python, "-c", "import torch; print(torch.__version__, torch.__file__)"],
-                                  check=True, capture_output=True, text=True).stdout.split()
+    version = os.environ.get("ADPE_TEST_TORCH", pinned)
+    system_python = subprocess.run(["bash", str(ROOT / "tools/torch_env.sh"), version], check=True,
+                                   capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    which_torch = "import torch; print(torch.__version__, torch.__file__)"
+    system_torch = subprocess.run([system_python, "-c", which_torch], check=True, capture_output=True,
+                                  text=True).stdout.split()
     wheelhouse = tmp_path / "wheelhouse"
     started = time.perf_counter()
     built = subprocess.run(["make", "wheelhouse", f"WHEELHOUSE={wheelhouse}", "SPLIT_MIB=40"], cwd=ROOT,
@@ -174,8 +176,8 @@ def test_wheelhouse_then_offline_setup_on_the_system_torch(tmp_path):
     assert setup.returncode == 0, setup.stdout + setup.stderr
     assert "ops ok on cpu" in setup.stdout and f"ready: {clone}/.venv (torch {system_torch[0]}" in setup.stdout
     assert "joined opencv_python" in setup.stdout
-    inside = subprocess.run([str(clone / ".venv/bin/python"), "-c", "import torch; print(torch.__version__, torch.__file__)"],
-                            check=True, capture_output=True, text=True).stdout.split()
+    inside = subprocess.run([str(clone / ".venv/bin/python"), "-c", which_torch], check=True, capture_output=True,
+                            text=True).stdout.split()
     assert inside == system_torch  # the same torch, from the same place
     assert not list((clone / ".venv/lib").glob("python3*/site-packages/torch"))  # nothing of torch in .venv
     # A plain `make setup` afterwards (what `make test` runs) keeps the system torch and the wheelhouse.
