@@ -24,10 +24,15 @@
 5. The ``adpe`` stdlib logger: its records (skipped images of ``adpe.data``, fetches of ``adpe.checkpoint``) also
    go to mmengine's current ``MMLogger``, i.e. the run's console and ``WORK_DIR/TIMESTAMP/TIMESTAMP.log``
    (``forward_core_logs``).
+6. mmcv's ``nms`` and ``roi_align`` take bf16 tensors, which they have no kernels for (CPU or CUDA: "expected
+   scalar type Float but found BFloat16"). Under ``--amp``'s bf16 autocast the RPN's boxes and scores and the RoI
+   extractors' features are bf16, so a Mask R-CNN (and every mmdet detector) failed in its first step; these two
+   ops now compute in fp32 and return bf16 features as before.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import pickle
 from pathlib import Path
@@ -136,3 +141,32 @@ def forward_core_logs(name: str = "adpe") -> None:
 
 
 forward_core_logs()
+
+
+# --------------------------------------------------------------------------- 6. bf16 through mmcv's nms / roi_align
+def _nms_in_fp32(apply):
+    def nms_apply(boxes, scores, *args):
+        if torch.bfloat16 in (boxes.dtype, scores.dtype):
+            boxes, scores = boxes.float(), scores.float()
+        return apply(boxes, scores, *args)  # indices; mmcv's nms takes dets from its own (bf16) tensors
+
+    nms_apply.adpe_bf16 = True
+    return nms_apply
+
+
+def _roi_align_in_fp32(roi_align):
+    def roi_align_fp32(features, rois, *args):
+        if torch.bfloat16 in (features.dtype, rois.dtype):
+            return roi_align(features.float(), rois.float(), *args).to(features.dtype)
+        return roi_align(features, rois, *args)
+
+    roi_align_fp32.adpe_bf16 = True
+    return roi_align_fp32
+
+
+mmcv_nms = importlib.import_module("mmcv.ops.nms")  # the modules (mmcv.ops exports functions of these names)
+mmcv_roi_align = importlib.import_module("mmcv.ops.roi_align")
+if not getattr(mmcv_nms.NMSop.apply, "adpe_bf16", False):
+    mmcv_nms.NMSop.apply = staticmethod(_nms_in_fp32(mmcv_nms.NMSop.apply))
+if not getattr(mmcv_roi_align.roi_align, "adpe_bf16", False):
+    mmcv_roi_align.roi_align = _roi_align_in_fp32(mmcv_roi_align.roi_align)  # what RoIAlign.forward calls
