@@ -50,8 +50,21 @@ def _knn_top1(row: Row) -> float | None:
 
 
 def _steps_per_epoch(row: Row) -> float | None:
-    """Optimiser steps per epoch of a curve's pretraining: the last logged step over the config's epochs (the kNN
-    monitor logs at the final step)."""
+    """Optimiser steps per epoch of a curve's pretraining, from its logged ``epoch`` (the epoch in progress at each
+    logged step: step / epoch peaks, at the exact value, at each epoch's last step, which mmengine always logs);
+    without it, the last logged step over the config's epochs. Works for an unfinished pretraining too."""
+    ratios = []
+    for folder in sorted(Path(row.pretrain.dir).glob("*/vis_data")):  # read_scalars leaves "epoch" out
+        path = folder / "scalars.json"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line cut short by a running job
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("epoch"), int) and entry["epoch"] > 0:
+                ratios.append(entry.get("step", 0) / entry["epoch"])
+    if ratios:
+        return max(ratios)
     steps = [step for series in row.pretrain.series.values() for step, _ in series]
     if not steps or not row.pretrain.max_epochs:
         return None
