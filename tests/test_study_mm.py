@@ -78,3 +78,48 @@ def test_study_runs_end_to_end_shortened_and_draws_its_curves(tmp_path, monkeypa
     for point in points.values():
         assert all(isinstance(point["values"][k], float) for k in ("knn_top1", "linear_probe_top1", "imagenet_top1"))
     assert "![study curves](study_curves.png)" in (report / "study.md").read_text()
+
+
+def _results(folder: Path, metrics: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "test_results.json").write_text(json.dumps({"metrics": metrics}))
+
+
+def test_study_report_reads_curves_from_work_dirs_and_draws_them(tmp_path):
+    """A fabricated study run (no training): steps from the curve's logged epochs, values from each row's test
+    results, random init as the reference, and the figure and verdicts written."""
+    from adpe.report import RunInfo, collect_rows
+    from adpe.report.study import write_study
+
+    work = tmp_path / "work"
+    RunInfo("mae", "MAE+", "pretrain/x.py", curve="mae").write((work / "mae").mkdir(parents=True) or
+                                                               work / "mae" / "run.json")
+    RunInfo("mae_ep2", "MAE+, epoch 2", "pretrain/x.py", curve="mae", pretrain_epoch=2).write(
+        (work / "mae_ep2").mkdir() or work / "mae_ep2" / "run.json")
+    RunInfo("random_init", "random init", None).write((work / "random_init").mkdir() or
+                                                      work / "random_init" / "run.json")
+    vis = work / "mae" / "pretrain" / "20260101_000000" / "vis_data"
+    vis.mkdir(parents=True)
+    # 10 steps per epoch, logged every 4 steps and at each epoch's end, 4 epochs
+    lines = [{"loss": 1.0, "epoch": (s - 1) // 10 + 1, "iter": s, "step": s} for s in (4, 8, 10, 14, 18, 20, 30, 40)]
+    lines += [{"knn/top1": 20.0 + s / 10, "step": s} for s in (0, 20, 40)]
+    (vis / "scalars.json").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    (vis / "config.py").write_text("model = dict(type='AdPEPretrainer')\ntrain_cfg = dict(max_epochs=4)\n")
+    for name, knn, probe, finetune in (("mae", 30.0, (40.0, 42.0, 44.0), 35.0), ("mae_ep2", 22.0, (30.0, 31.0, 32.0),
+                                                                                   20.0),
+                                       ("random_init", 25.0, (20.0, 21.0, 22.0), 12.0)):
+        _results(work / name / "knn", {"knn/top1": knn})
+        _results(work / name / "imagenet", {"accuracy/top1": finetune})
+        for seed, value in enumerate(probe):
+            _results(work / name / "linear_probe" / f"seed_{seed}", {"accuracy/top1": value})
+    paths = write_study(collect_rows([work]), tmp_path / "report")
+    assert paths["figure"].stat().st_size > 10_000
+    points = {p["name"]: p for p in json.loads(paths["json"].read_text())}
+    assert (points["mae_ep2"]["steps"], points["mae"]["steps"]) == (20, 40)
+    assert points["mae"]["values"] == {"knn_top1": 30.0, "linear_probe_top1": 42.0, "imagenet_top1": 35.0}
+    assert points["mae"]["seeds"]["linear_probe_top1"] == [40.0, 42.0, 44.0]
+    text = paths["md"].read_text()
+    assert "| MAE+ | 40 | 4 | 30.0 | 42.0 ± 2.0 (40.0 / 42.0 / 44.0) | 35.0 |" in text
+    # kNN: below random init at 20 steps (22 < 25), above at 40 (30): crossing between them, at 27.5 steps
+    assert "kNN top-1 (test): +5.0 points" in text and "from about 28 steps" in text
+    assert "+21.0 points, above 3 × the larger seed std (2.0)" in text  # the probe: 42 against 21
