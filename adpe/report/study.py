@@ -188,6 +188,8 @@ def _figure(points: list[Point], rows: list[Row], path: Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
+        else:  # a status, never an empty frame that reads as zero
+            ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
     ax = axes[-1]  # the monitor: every evaluation during pretraining, on the val split
     by_name = {row.name: row for row in rows}
     for i, curve in enumerate(curves):
