@@ -83,7 +83,11 @@ class RunInfo:
 
     def write(self, path: str | Path) -> None:
         """Write the record as indented JSON with the keys in field order (the format old work dirs hold)."""
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+        record = asdict(self)
+        for key in ("curve", "pretrain_epoch"):  # only where set: run.json of other runs stays as it was
+            if record[key] is None:
+                del record[key]
+        Path(path).write_text(json.dumps(record, indent=2))
 
     @classmethod
     def read(cls, path: str | Path) -> RunInfo | None:
