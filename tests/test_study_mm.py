@@ -123,3 +123,10 @@ def test_study_report_reads_curves_from_work_dirs_and_draws_them(tmp_path):
     # kNN: below random init at 20 steps (22 < 25), above at 40 (30): crossing between them, at 27.5 steps
     assert "kNN top-1 (test): +5.0 points" in text and "from about 28 steps" in text
     assert "+21.0 points, above 3 × the larger seed std (2.0)" in text  # the probe: 42 against 21
+
+
+def test_gpus_on_the_command_line_replace_the_yaml_count(capsys):
+    main(["--config", str(STUDY), "--dry-run", "--gpus", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("bash tools/pretrain.sh pretrain/study/mae_plus_vit_tiny_ape.py 2 ") for line in lines)
+    assert all(" 1 --work-dir" not in line for line in lines if "dist_train.sh" in line)
