@@ -121,12 +121,14 @@ def crossing(curve: list[Point], reference: float, key: str) -> str:
     measured = [(p.steps, p.values[key]) for p in curve if p.steps and p.values.get(key) is not None]
     if not measured:
         return "no measured points"
-    previous = (0, reference)
-    for steps, value in measured:
+    if measured[0][1] > reference:  # nothing measured below it: the crossing is somewhere before that point
+        return f"measured: above random init already at its first point ({measured[0][0]} steps)"
+    previous = measured[0]
+    for steps, value in measured[1:]:
         if value > reference:
             (s0, v0), (s1, v1) = previous, (steps, value)
-            at = s0 + (reference - v0) / (v1 - v0) * (s1 - s0) if v1 != v0 else s1
-            return f"measured: above random init from about {max(at, 0):.0f} steps"
+            at = s0 + (reference - v0) / (v1 - v0) * (s1 - s0)
+            return f"measured: above random init from about {at:.0f} steps"
         previous = (steps, value)
     if len(measured) < 2:
         return "one point, below random init: no extrapolation"
@@ -232,13 +234,14 @@ def write_study(rows: list[Row], out_dir: str | Path) -> dict[str, Path]:
         lines.append(f"| {p.label} | {p.steps if p.steps is not None else 0 if p.curve is None else '?'} | "
                      f"{p.epoch if p.epoch is not None else '-'} | "
                      + " | ".join(_cell(p, key) for key, _ in STUDY_METRICS) + " |")
-    lines += ["", "## At the end of the schedule, against random init", ""]
+    lines += ["", "## The last measured point of each curve, against random init", ""]
     for reference in references[:1]:
         for curve in curves:
-            line = sorted((p for p in points if p.curve == curve and p.steps is not None), key=lambda p: p.steps)
+            line = sorted((p for p in points if p.curve == curve and p.steps is not None
+                           and any(v is not None for v in p.values.values())), key=lambda p: p.steps)
             if not line:
                 continue
-            final = line[-1]
+            final = line[-1]  # the end of the schedule once a run is complete
             lines.append(f"- **{final.label}** ({final.steps} steps):")
             for key, label in STUDY_METRICS:
                 ref = reference.values.get(key)
