@@ -4,7 +4,7 @@
 #   make test-torch TORCH_VERSION=2.11   the CPU test suite on another torch, in .venv-torch2.11
 PY := .venv/bin/python
 
-.PHONY: setup wheelhouse test test-all test-torch lint demo env gpu-check clean-venv
+.PHONY: setup wheelhouse test test-all test-torch lint demo study env gpu-check clean-venv
 
 setup:
 	@bash tools/setup_env.sh
@@ -26,6 +26,11 @@ lint: setup
 
 demo: setup
 	bash tools/pipeline.sh --config tools/demo_pipeline.yaml
+
+# Pretrained backbones against random init over pretraining length (README, "Study"); on a GPU machine the same
+# command trains on the GPU (the YAML says gpus: 1; tools/pipeline.sh ... --gpus N overrides it).
+study: setup
+	bash tools/pipeline.sh --config tools/study_pipeline.yaml
 
 env: setup
 	$(PY) -m adpe.tooling.env

@@ -662,20 +662,26 @@ class KNNMonitorHook(Hook):
             features[shard_rank::world] = shard
         return features
 
-    def evaluate(self, runner, epochs: int) -> dict[str, float]:
-        """Classify the query features against the bank with the current weights (after ``epochs`` epochs); log
-        and return the metrics."""
-        mae = bare_model(runner.model).mae
-        data = self._datasets(runner, mae.grid[0] * mae.patch_size)
-        backbone = probe_backbone(mae)
+    def classify(self, backbone, crop: int, runner=None) -> tuple[dict[str, float], int, int]:
+        """kNN top-1 / top-5 of ``backbone``'s features (a classification backbone whose first output is the
+        pooled feature) on ``crop``^2 centre crops: the metrics, the bank size and the query count. ``runner``
+        is needed only for ``data_root='pretraining'`` (tools/knn_eval.py calls this without one)."""
+        data = self._datasets(runner, crop)
         (bank, bank_idx, bank_labels), (queries, query_idx, query_labels) = data["bank"], data["queries"]
         bank_features = self._features(backbone, bank, bank_idx, data["preprocessor"])
         query_features = self._features(backbone, queries, query_idx, data["preprocessor"])
         metrics = knn_accuracy(bank_features, bank_labels, query_features, query_labels, data["num_classes"],
                                self.k, self.temperature)
+        return metrics, len(bank_idx), len(query_idx)
+
+    def evaluate(self, runner, epochs: int) -> dict[str, float]:
+        """Classify the query features against the bank with the current weights (after ``epochs`` epochs); log
+        and return the metrics."""
+        mae = bare_model(runner.model).mae
+        metrics, n_bank, n_queries = self.classify(probe_backbone(mae), mae.grid[0] * mae.patch_size, runner)
         scalars = {f"knn/{name}": value for name, value in metrics.items()}
         runner.visualizer.add_scalars(scalars, step=runner.iter)
-        print_log(f"kNN after {epochs} epochs (k={self.k}, T={self.temperature}; {len(bank_idx)} bank, "
-                  f"{len(query_idx)} query images): " + ", ".join(f"{k} {v:.2f}" for k, v in scalars.items()),
+        print_log(f"kNN after {epochs} epochs (k={self.k}, T={self.temperature}; {n_bank} bank, "
+                  f"{n_queries} query images): " + ", ".join(f"{k} {v:.2f}" for k, v in scalars.items()),
                   logger="current")
         return metrics

@@ -70,17 +70,25 @@ class RunInfo:
     """A variant of a pipeline run, as ``<variant dir>/run.json`` holds it.
 
     ``pretrain_config`` is None for a variant without pretraining (random init); ``baseline`` marks the row
-    the report's deltas are taken against.
+    the report's deltas are taken against. A study's rows (tools/study_pipeline.yaml) also name their ``curve``
+    (the pretraining variant whose backbone they transfer) and ``pretrain_epoch``, the epoch of the checkpoint they
+    transfer (None: the end of the schedule); the curve's own variant dir holds the pretraining.
     """
 
     name: str
     label: str
     pretrain_config: str | None
     baseline: bool = False
+    curve: str | None = None
+    pretrain_epoch: int | None = None
 
     def write(self, path: str | Path) -> None:
         """Write the record as indented JSON with the keys in field order (the format old work dirs hold)."""
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+        record = asdict(self)
+        for key in ("curve", "pretrain_epoch"):  # only where set: run.json of other runs stays as it was
+            if record[key] is None:
+                del record[key]
+        Path(path).write_text(json.dumps(record, indent=2))
 
     @classmethod
     def read(cls, path: str | Path) -> RunInfo | None:
@@ -97,8 +105,10 @@ class RunInfo:
             return None
         name = str(raw.get("name") or path.parent.name)
         pretrain = raw.get("pretrain_config")
+        epoch = raw.get("pretrain_epoch")
         return cls(name=name, label=str(raw.get("label") or name), pretrain_config=str(pretrain) if pretrain else None,
-                   baseline=bool(raw.get("baseline", False)))
+                   baseline=bool(raw.get("baseline", False)), curve=str(raw["curve"]) if raw.get("curve") else None,
+                   pretrain_epoch=int(epoch) if isinstance(epoch, int | float) else None)
 
 
 def read_json(path: Path) -> Any | None:

@@ -97,6 +97,18 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
         "ade20k": {"n_train": 160, "n_val": 32, "size": [96, 160]},
         "coco": {"n_train": 160, "n_val": 32, "size": [96, 160]},
     },
+    # make study (tools/study_pipeline.yaml): ImageNet only, more images at a lower resolution (pretraining crops of
+    # 56^2 with patch 8), a test split evaluated once at the end (val/ is for choices) and a list of the first 16
+    # train images per class (meta/train_16.txt) for label-scarce fine-tuning and probing.
+    "study": {
+        "imagenet": {"n_per_class": 160, "n_val_per_class": 32, "n_test_per_class": 64, "size": [64, 80],
+                     "labelled_subsets": [16]},
+    },
+    # the study's layout at test size (tests/test_study_mm.py)
+    "study_tiny": {
+        "imagenet": {"n_per_class": 4, "n_val_per_class": 2, "n_test_per_class": 2, "size": 64,
+                     "labelled_subsets": [2]},
+    },
     "tiny": {
         "imagenet": {"n_per_class": 3, "n_val_per_class": 2, "size": 64},
         "ade20k": {"n_train": 8, "n_val": 4, "size": 64},
@@ -490,8 +502,14 @@ def _materialise(root: str | os.PathLike[str], params: dict[str, Any], force: bo
 
 def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 32, size: int | Sequence[int] = 128,
                    seed: int = 0, n_val_per_class: int = 40, force: bool = False,
-                   class_appearance: bool = False) -> Path:
-    """Write ``root/{train,val}/<class>/<i>.JPEG`` (``n_per_class`` / ``n_val_per_class`` per class).
+                   class_appearance: bool = False, n_test_per_class: int = 0,
+                   labelled_subsets: Sequence[int] = ()) -> Path:
+    """Write ``root/{train,val}/<class>/<i>.JPEG`` (``n_per_class`` / ``n_val_per_class`` per class), and
+    ``root/test/`` with ``n_test_per_class`` per class when that is positive.
+
+    ``labelled_subsets``: for each k, ``root/meta/train_<k>.txt`` lists the first k train images of each class
+    with their labels (mmpretrain's ``ann_file`` format, paths relative to ``train/``): a label-scarce training
+    set whose other images stay unlabelled (pretraining reads all of ``train/``).
 
     Each image shows one large object of its class over a few small objects of other classes; hues and patterns
     do not depend on the class, unless ``class_appearance`` (each class in its own colours and pattern, an easy
@@ -500,9 +518,23 @@ def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 32, size: in
     """
     params = {"dataset": "imagenet", "n_per_class": n_per_class, "n_val_per_class": n_val_per_class,
               "size": _jsonable(size), "seed": seed, "class_appearance": class_appearance}
+    # only when used, so the demo's marker (and thus its folder) stays as it was
+    if n_test_per_class:
+        params["n_test_per_class"] = n_test_per_class
+    if labelled_subsets:
+        params["labelled_subsets"] = [int(k) for k in labelled_subsets]
+    if any(k > n_per_class for k in labelled_subsets):
+        raise ValueError(f"labelled_subsets {list(labelled_subsets)}: more than the {n_per_class} train images "
+                         "per class")
 
     def build(out: Path) -> None:
-        for split_id, (split, n) in enumerate((("train", n_per_class), ("val", n_val_per_class))):
+        splits = [("train", n_per_class), ("val", n_val_per_class)] + ([("test", n_test_per_class)]
+                                                                       if n_test_per_class else [])
+        for k in labelled_subsets:
+            (out / "meta").mkdir(exist_ok=True)
+            (out / "meta" / f"train_{k}.txt").write_text("".join(
+                f"{name}/{i:05d}.JPEG {cid}\n" for cid, name in enumerate(CLASSES) for i in range(k)))
+        for split_id, (split, n) in enumerate(splits):
             for cid, name in enumerate(CLASSES):
                 folder = out / split / name
                 folder.mkdir(parents=True)
@@ -600,15 +632,13 @@ def write_all(root: str | os.PathLike[str], seed: int = 0, scale: str = "demo",
               force: bool = False) -> dict[str, Path]:
     """Write ``root/imagenet``, ``root/ade20k`` and ``root/coco`` at the sizes of ``SCALES[scale]``.
 
-    Returns ``{'imagenet': path, 'ade20k': path, 'coco': path}``.
+    Returns ``{'imagenet': path, 'ade20k': path, 'coco': path}``, less the datasets the scale leaves out.
     """
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
     cfg = SCALES[scale]
     root = Path(root)
-    return {
-        "imagenet": write_imagenet(root / "imagenet", seed=seed, force=force, **cfg["imagenet"]),
-        "ade20k": write_ade20k(root / "ade20k", seed=seed, force=force, **cfg["ade20k"]),
-        "coco": write_coco(root / "coco", seed=seed, force=force, **cfg["coco"]),
-    }
+    writers = {"imagenet": write_imagenet, "ade20k": write_ade20k, "coco": write_coco}
+    # a scale may leave datasets out (the study's has ImageNet only)
+    return {name: writers[name](root / name, seed=seed, force=force, **cfg[name]) for name in writers if name in cfg}
 

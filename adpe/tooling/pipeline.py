@@ -1,14 +1,19 @@
 """End-to-end pipeline: pretrain -> export -> ADE20K / COCO / ImageNet train and test, linear probes -> report.
 
-python tools/pipeline.py --config tools/demo_pipeline.yaml [--dry-run] [--only VARIANT ...] [--stages ...]
+python tools/pipeline.py --config tools/demo_pipeline.yaml [--dry-run] [--only VARIANT ...] [--stages ...] [--gpus N]
                           [--launcher slurm --partition P [--gpus-per-node 8] [--sbatch-args "..."]]
 
 The YAML config names the work dir, the data folders, the GPU count (one for every stage, or one per stage:
 ``gpus: {pretrain: 32, ade20k: 8, coco: 8, imagenet: 8, linear_probe: 8}``), the variants and the transfer tasks
 (see tools/demo_pipeline.yaml and tools/pipeline_vitb.yaml): ``ade20k`` / ``coco`` {config, cfg_options, and for
 ADE20K ``tta: true`` to add the multi-scale + flip test}, ``imagenet`` {``finetune``: {config, cfg_options},
-``linear_probe``: {config, cfg_options, seeds: [0, 1, 2]}} -- one probe per seed, which the report averages.
+``linear_probe``: {config, cfg_options, seeds: [0, 1, 2]}} -- one probe per seed, which the report averages --
+and ``knn`` {config, cfg_options}: tools/knn_eval.py on every backbone, with a linear-probe config.
 ``seeds: [...]`` works the same for ``ade20k``, ``coco`` and ``finetune``: one work dir ``TASK/seed_N`` per seed.
+A variant may list ``checkpoints: [EPOCH, ...]``: those pretraining checkpoints are also exported and
+transferred, each as its own row ``<name>_ep<EPOCH>`` on the variant's curve, and the report adds the study's
+curves against pretraining steps (tools/study_pipeline.yaml, make study); ``pretrain_options`` adds --cfg-options
+to its pretraining. ``data: {generate: DIR, scale: NAME}`` picks tools/make_demo_data.py's --scale.
 Each stage writes a ``.done`` marker when it succeeds; a re-run skips finished stages, and an interrupted stage
 resumes from its newest checkpoint (the configs set ``resume = True``).
 ``--dry-run`` prints every command instead of running it.
@@ -41,7 +46,7 @@ from adpe.tooling import env as environment
 # The checkout: every stage runs a script of tools/ from here, with relative paths as in the YAML configs.
 ROOT = checkout_root()
 STAGES = ("data", "pretrain", "export", "reconstruction", "ade20k", "ade20k_tta", "coco", "imagenet", "linear_probe",
-          "report")
+          "knn", "report")
 # Lines of a stage's output echoed to the console (everything goes to the stage's log).
 PROGRESS_MARKERS = ("- INFO - Epoch(train)", "- INFO - Iter(train)", "- INFO - Iter(val) [", "_mAP_copypaste",
                     "Error", "Traceback", "[adpe]")
@@ -62,6 +67,11 @@ class PipelineConfig:
     imagenet: dict = field(default_factory=dict)
     amp: bool = False
     jobs: int = 1  # stages run at once by the local launcher
+    knn: dict = field(default_factory=dict)  # {config}: tools/knn_eval.py of every backbone (empty: skipped)
+    # variant name -> the epochs whose checkpoints are also exported and transferred, each as its own row
+    checkpoints: dict[str, list[int]] = field(default_factory=dict)
+    # variant name -> more --cfg-options of its pretraining (e.g. a shorter schedule)
+    pretrain_options: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path) -> PipelineConfig:
@@ -74,7 +84,13 @@ class PipelineConfig:
         except yaml.YAMLError as err:
             raise SystemExit(f"{path}: not valid YAML ({err}); fix that line (see tools/demo_pipeline.yaml)") from err
         try:
-            variants = [RunInfo(v["name"], v.get("label", v["name"]), v.get("pretrain"), bool(v.get("baseline")))
+            checkpoints = {v["name"]: sorted(int(e) for e in v.get("checkpoints") or []) for v in raw["variants"]}
+            for v in raw["variants"]:
+                if checkpoints[v["name"]] and (not v.get("pretrain") or min(checkpoints[v["name"]]) < 1):
+                    raise ValueError(f"variant {v['name']}: checkpoints need a pretrain config and epochs >= 1")
+            # a variant with checkpoints is a curve: its own row is the end of the schedule
+            variants = [RunInfo(v["name"], v.get("label", v["name"]), v.get("pretrain"), bool(v.get("baseline")),
+                                curve=v["name"] if checkpoints[v["name"]] else None)
                         for v in raw["variants"]]
             gpus = raw.get("gpus", 1)
             gpus = {str(k): int(v) for k, v in gpus.items()} if isinstance(gpus, dict) else int(gpus)
@@ -86,9 +102,23 @@ class PipelineConfig:
             if jobs < 1:
                 raise ValueError(f"jobs: {jobs} (at least 1)")
             return cls(Path(raw["work_dir"]), gpus, raw["data"], variants, raw.get("ade20k") or {},
-                       raw.get("coco") or {}, imagenet, bool(raw.get("amp", False)), jobs)
+                       raw.get("coco") or {}, imagenet, bool(raw.get("amp", False)), jobs, raw.get("knn") or {},
+                       {name: epochs for name, epochs in checkpoints.items() if epochs},
+                       {v["name"]: [str(o) for o in v["pretrain_options"]] for v in raw["variants"]
+                        if v.get("pretrain_options")})
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise SystemExit(f"{path}: malformed pipeline config ({err!r}); see tools/demo_pipeline.yaml") from err
+
+    def points(self, variant: RunInfo) -> list[RunInfo]:
+        """The rows of ``variant``'s intermediate checkpoints (``checkpoints: [EPOCH, ...]``), each in its own
+        variant dir ``<name>_ep<EPOCH>`` of the work dir, on the variant's curve."""
+        return [replace(variant, name=f"{variant.name}_ep{epoch}", label=f"{variant.label}, epoch {epoch}",
+                        baseline=False, curve=variant.name, pretrain_epoch=epoch)
+                for epoch in self.checkpoints.get(variant.name, [])]
+
+    def rows(self) -> list[RunInfo]:
+        """Every row of the report: each variant, then its checkpoints' rows."""
+        return [row for variant in self.variants for row in (variant, *self.points(variant))]
 
     def gpus_for(self, stage: str) -> int:
         """GPUs (processes) of a training or test stage: ``gpus`` itself when it is a number; else its entry for
@@ -129,6 +159,7 @@ class Step:
     command: list
     work_dir: Path  # holds the stage's .done marker and log
     seed: int | None = None  # a linear probe's seed (its own work dir)
+    parent: str | None = None  # a checkpoint row's export: the variant whose pretraining it reads
 
     @property
     def marker(self) -> Path:
@@ -193,7 +224,20 @@ def variant_transfer_steps(cfg: PipelineConfig, variant: RunInfo, backbone: Path
     for seed in probe.get("seeds", [0]) if probe else []:
         steps += transfer_steps(cfg, variant, "linear_probe", backbone, probe,
                                 vdir / "linear_probe" / SEED_DIR.format(seed), seed)
+    if cfg.knn:
+        steps.append(knn_step(cfg, variant, backbone))
     return steps
+
+
+def knn_step(cfg: PipelineConfig, variant: RunInfo, backbone: Path | None) -> Step:
+    """tools/knn_eval.py on ``backbone`` (None: random init) with ``cfg.knn``'s linear-probe config: no training,
+    one process, ``<variant dir>/knn/test_results.json``."""
+    data = cfg.data["imagenet"]
+    init = [f"model.backbone.init_cfg.checkpoint={backbone}"] if backbone else ["model.backbone.init_cfg=None"]
+    work = cfg.work_dir / variant.name / "knn"
+    return Step("knn", variant.name, [sys.executable, "tools/knn_eval.py", cfg.knn["config"], "--work-dir", str(work),
+                                      "--cfg-options", *init, f"train_dataloader.dataset.data_root={data}/",
+                                      *cfg.knn.get("cfg_options", [])], work)
 
 
 def plan(cfg: PipelineConfig) -> list[Step]:
@@ -201,7 +245,8 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     py = sys.executable
     steps: list[Step] = []
     if cfg.data.get("generate"):
-        steps.append(Step("data", None, [py, "tools/make_demo_data.py", "--root", str(cfg.data["generate"])],
+        scale = ["--scale", str(cfg.data["scale"])] if cfg.data.get("scale") else []  # default: the demo's
+        steps.append(Step("data", None, [py, "tools/make_demo_data.py", "--root", str(cfg.data["generate"]), *scale],
                           cfg.work_dir))
     for variant in cfg.variants:
         vdir = cfg.work_dir / variant.name
@@ -212,7 +257,8 @@ def plan(cfg: PipelineConfig) -> list[Step]:
             steps.append(Step("pretrain", variant.name, [
                 "bash", "tools/pretrain.sh", variant.pretrain_config, str(cfg.gpus_for("pretrain")),
                 "--work-dir", str(pre), *amp,
-                "--cfg-options", f"train_dataloader.dataset.data_root={cfg.data['imagenet']}"], pre))
+                "--cfg-options", f"train_dataloader.dataset.data_root={cfg.data['imagenet']}",
+                *cfg.pretrain_options.get(variant.name, [])], pre))
             backbone = vdir / "backbone.pth"
             steps.append(Step("export", variant.name, [py, "tools/convert_checkpoint.py", LatestCheckpoint(pre),
                                                        str(backbone)], vdir))
@@ -220,8 +266,16 @@ def plan(cfg: PipelineConfig) -> list[Step]:
                 py, "tools/visualize_reconstruction.py", LatestCheckpoint(pre), "--images", cfg.data["imagenet"],
                 "--out", str(vdir / "reconstruction.png")], vdir))
         steps += variant_transfer_steps(cfg, variant, backbone)
+        for point in cfg.points(variant):  # the checkpoints along the schedule, each exported and transferred
+            pdir = cfg.work_dir / point.name
+            steps.append(Step("export", point.name, [py, "tools/convert_checkpoint.py",
+                                                     str(vdir / "pretrain" / f"epoch_{point.pretrain_epoch}.pth"),
+                                                     str(pdir / "backbone.pth")], pdir, parent=variant.name))
+            steps += variant_transfer_steps(cfg, point, pdir / "backbone.pth")
+    # a config with checkpoints is a study: the report adds the curves against pretraining steps
+    study = ["--study"] if cfg.checkpoints else []
     steps.append(Step("report", None, [py, "tools/report.py", str(cfg.work_dir), "--out",
-                                       str(cfg.work_dir / "report")], cfg.work_dir))
+                                       str(cfg.work_dir / "report"), *study], cfg.work_dir))
     return steps
 
 
@@ -230,7 +284,7 @@ def write_run_files(cfg: PipelineConfig, env: bool = True) -> None:
 
     env=False: no env.json (a Slurm submission runs on a login node, not where the stages run; the report job
     then describes the node it runs on)."""
-    for variant in cfg.variants:
+    for variant in cfg.rows():
         vdir = cfg.work_dir / variant.name
         vdir.mkdir(parents=True, exist_ok=True)
         variant.write(vdir / RUN_FILE)
@@ -326,7 +380,7 @@ def run_local(steps: list[Step], jobs: int) -> None:
 # these when they are submitted with it. The report waits for every other job.
 PREDECESSORS = {"pretrain": ("data",), "export": ("pretrain",), "reconstruction": ("pretrain",),
                 "ade20k": ("data", "export"), "ade20k_tta": ("ade20k",), "coco": ("data", "export"),
-                "imagenet": ("data", "export"), "linear_probe": ("data", "export")}
+                "imagenet": ("data", "export"), "linear_probe": ("data", "export"), "knn": ("data", "export")}
 # Our torchrun launchers -> their Slurm twins, and how many positional arguments come before GPUS in the
 # torchrun launcher's command line (dist_test.sh CONFIG CHECKPOINT GPUS ...; the others CONFIG GPUS ...).
 SLURM_LAUNCHERS = {"tools/pretrain.sh": ("tools/slurm_pretrain.sh", 1),
@@ -340,7 +394,8 @@ def predecessors(step: Step, steps: list[Step]) -> list[Step]:
     if step.stage == "report":
         return [s for s in steps if s is not step]
     wanted = PREDECESSORS.get(step.stage, ())
-    return [s for s in steps if s.stage in wanted and s.variant in (step.variant, None) and s.seed in (step.seed, None)]
+    return [s for s in steps if s.stage in wanted and s.variant in (step.variant, step.parent, None)
+            and s.seed in (step.seed, None)]
 
 
 @dataclass(frozen=True)
@@ -435,6 +490,7 @@ def main(argv=None) -> None:
     parser.add_argument("--launcher", choices=["local", "slurm"], default="local",
                         help="local: every stage here (--jobs at once); slurm: each stage an sbatch job")
     parser.add_argument("--jobs", type=int, help="local: stages run at once (default: the YAML's jobs, else 1)")
+    parser.add_argument("--gpus", type=int, help="GPUs (processes) of every training stage, instead of the YAML's")
     parser.add_argument("--partition", help="Slurm partition (--launcher slurm)")
     parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of a Slurm node (default 8)")
     parser.add_argument("--sbatch-args", default="",
@@ -443,6 +499,8 @@ def main(argv=None) -> None:
     if args.launcher == "slurm" and not args.partition:
         parser.error("--launcher slurm needs --partition")
     cfg = PipelineConfig.load(args.config)
+    if args.gpus is not None:
+        cfg.gpus = args.gpus
     steps = [s for s in plan(cfg)
              if (not args.only or s.variant is None or s.variant in args.only)
              and (not args.stages or s.stage in args.stages)]

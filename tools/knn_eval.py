@@ -1,0 +1,64 @@
+"""Weighted kNN top-1 / top-5 of a transfer backbone (an exported pretraining checkpoint, or random init).
+
+    python tools/knn_eval.py CONFIG --work-dir DIR [--bank-split train] [--query-split test] [--cfg-options k=v ...]
+
+CONFIG is a linear-probe config (benchmarks/imagenet/linear_probe_*.py): its ``model.backbone`` is built and
+initialised as the probe's is (``model.backbone.init_cfg.checkpoint=PATH``, or ``model.backbone.init_cfg=None``
+for random init), and its features -- average-pooled, as the probe reads them -- are classified by
+``KNNMonitorHook``'s kNN (DINO's k = 20, T = 0.07): the bank is ``--bank-split`` of the train loader's
+``data_root``, the queries ``--query-split``, both resized as the probe's test pipeline does. Writes
+``DIR/test_results.json`` ({"metrics": {"knn/top1", "knn/top5"}}, as the training tools' --test does), so
+the study's report reads it like any transfer stage's. No training: the same numbers on every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from mmengine.config import DictAction
+from mmengine.registry import MODELS
+
+import adpe.mm  # noqa: F401  (registers the suite's modules)
+from adpe.mm.hooks import KNNMonitorHook
+from adpe.mm.runner import build_config, write_test_results
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="a linear-probe config (its backbone and test pipeline's sizes)")
+    parser.add_argument("--work-dir", required=True, help="where test_results.json goes")
+    parser.add_argument("--bank-split", default="train", help="labelled folder of the bank (default: train)")
+    parser.add_argument("--query-split", default="test", help="labelled folder of the queries (default: test)")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                        help="override config entries, e.g. model.backbone.init_cfg.checkpoint=PATH")
+    return parser.parse_args(argv)
+
+
+def test_sizes(cfg) -> tuple[int, int]:
+    """(short-side resize, centre crop) of the config's test pipeline."""
+    steps = {step["type"]: step for step in cfg.test_dataloader.dataset.pipeline}
+    return int(steps["ResizeEdge"]["scale"]), int(steps["CenterCrop"]["crop_size"])
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg = build_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options)
+    torch.manual_seed(cfg.get("randomness", {}).get("seed", 0))  # random init: the same weights every run
+    with torch.no_grad():
+        classifier = MODELS.build({**cfg.model, "_scope_": "mmpretrain"}) if "_scope_" not in cfg.model \
+            else MODELS.build(cfg.model)
+    classifier.init_weights()  # loads init_cfg's checkpoint, as the probe's Runner does
+    backbone = classifier.backbone.eval()
+    resize, crop = test_sizes(cfg)
+    monitor = KNNMonitorHook(data_root=cfg.train_dataloader.dataset.data_root, bank_split=args.bank_split,
+                             query_split=args.query_split, resize=resize)
+    metrics, n_bank, n_queries = monitor.classify(backbone, crop)
+    init = cfg.model.backbone.get("init_cfg") or {}
+    print(f"[adpe] kNN ({n_bank} {args.bank_split} bank, {n_queries} {args.query_split} query images): {metrics}")
+    return write_test_results(args.config, str(init.get("checkpoint") or "random init"),
+                              {f"knn/{k}": v for k, v in metrics.items()}, args.work_dir)
+
+
+if __name__ == "__main__":
+    main()
