@@ -19,4 +19,6 @@ BASE_PY=$(bash tools/torch_env.sh "$VERSION")
 echo "[test-torch] $("$BASE_PY" -c 'import torch, torchvision; print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")') in $BASE_PY"
 VENV=".venv-torch$VERSION" TORCH=system PYTHON="$BASE_PY" bash tools/setup_env.sh
 echo "[test-torch] pytest in .venv-torch$VERSION"
-exec ".venv-torch$VERSION/bin/python" -m pytest "$@"
+# the launchers (tools/dist_train.sh, ...) run $PYTHON, by default .venv/bin/python
+export PYTHON="$PWD/.venv-torch$VERSION/bin/python"
+exec "$PYTHON" -m pytest "$@"
