@@ -36,7 +36,7 @@ def test_every_pretrain_config_builds(path):
         model = MODELS.build(cfg.model)
     adversarial = cfg.model.get("adversary") is not None
     assert (model.mae.adversary is not None) == adversarial
-    if "demo" not in path.parts:
+    if not {"demo", "study"} & set(path.parts):  # the CPU-sized runs take their batch as written
         assert cfg.effective_batch == 4096
         assert cfg.optim_wrapper.optimizer.lr == pytest.approx(1.5e-4 * 4096 / 256)
 
