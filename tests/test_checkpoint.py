@@ -33,6 +33,7 @@ from adpe.models.backbone import block_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "tests" / "fixtures" / "official_adpe_rpe_tiny.pth"  # MAE+ iRPE, tiny (192-d, depth 4, 112²)
+FIXTURE_PATCH = 16
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -160,7 +161,7 @@ def test_url_checkpoint_loads_through_init_cfg_and_convert_then_from_the_cache(s
 @pytest.mark.mm
 @pytest.mark.parametrize("config", sorted((ROOT / "benchmarks").glob("*/*.py")), ids=lambda p: p.name)
 def test_every_transfer_config_loads_init_cfg_from_a_url(config, server, cache, tmp_path):
-    """Each config's own backbone settings (mode, windows, rel_pos, input size), at the fixture's tiny size; an
+    """Each config's own backbone settings (mode, windows, rel_pos, token grid), at the fixture's tiny size; an
     APE checkpoint (the fixture without its iRPE tables), which the MAE rows' rel_pos='bias' accepts too. 'auto'
     gives it a learned bias for dense transfer and no relative term for classification."""
     pytest.importorskip("mmseg")
@@ -178,6 +179,9 @@ def test_every_transfer_config_loads_init_cfg_from_a_url(config, server, cache, 
     backbone_cfg = cfg.model.backbone
     assert backbone_cfg.type == "AdPEViT" and backbone_cfg.init_cfg.type == "Pretrained"
     backbone_cfg.update(size="tiny", out_indices=(3,), init_cfg=pretrained(server.url("ape_tiny.pth")))
+    patch = backbone_cfg.get("patch_size", FIXTURE_PATCH)
+    if patch != FIXTURE_PATCH:  # the study's patch-8 rows: the fixture's patch over the same token grid
+        backbone_cfg.update(patch_size=FIXTURE_PATCH, img_size=backbone_cfg.img_size * FIXTURE_PATCH // patch)
     backbone = MODELS.build(backbone_cfg)
     backbone.init_weights()
     assert backbone.rel_pos == ("none" if backbone.mode == "cls" else "bias")
