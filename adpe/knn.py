@@ -5,7 +5,8 @@ features), of ``exp(similarity / temperature)`` for each neighbour's class (Caro
 Properties in Self-Supervised Vision Transformers", weighted k-NN with k = 20 and temperature 0.07).
 
 * :func:`knn_scores`: (M, C) class scores of M queries against an N-feature bank.
-* :func:`knn_accuracy`: top-1 (and top-5 when there are at least 5 classes) of those scores, in percent.
+* :func:`knn_accuracy`: top-1 (and top-5 when there are at least 5 classes) of those scores, in percent
+  (:func:`score_accuracy` of the scores).
 * :func:`probe_backbone`: the classification backbone (average pooling, as the linear probe uses) holding a
   pretraining model's current encoder weights, whose features the monitor classifies.
 
@@ -21,7 +22,7 @@ from torch import Tensor
 from adpe.checkpoint import fit_to_backbone, to_backbone_state
 from adpe.models.backbone import ViTBackbone
 
-__all__ = ["knn_accuracy", "knn_scores", "probe_backbone"]
+__all__ = ["knn_accuracy", "knn_scores", "probe_backbone", "score_accuracy"]
 
 
 def knn_scores(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int, k: int = 20,
@@ -49,12 +50,17 @@ def knn_scores(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: 
 def knn_accuracy(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, num_classes: int,
                  k: int = 20, temperature: float = 0.07) -> dict[str, float]:
     """{'top1': %, 'top5': % (only with at least 5 classes)} of the weighted kNN classifier on ``queries``."""
-    scores = knn_scores(bank, bank_labels, queries, num_classes, k, temperature)
-    ranked = scores.argsort(dim=1, descending=True)
-    hits = ranked == query_labels[:, None]
+    return score_accuracy(knn_scores(bank, bank_labels, queries, num_classes, k, temperature), query_labels)
+
+
+def score_accuracy(scores: Tensor, labels: Tensor) -> dict[str, float]:
+    """{'top1': %, 'top5': % (only with at least 5 classes)} of class scores (M, C) against labels (M,), the
+    classes ranked by ``torch.topk`` (as mmpretrain's Accuracy ranks them, so per-image records agree)."""
+    ranked = scores.topk(min(5, scores.shape[1]), dim=1).indices
+    hits = ranked == labels[:, None]
     result = {"top1": 100.0 * hits[:, 0].float().mean().item()}
-    if num_classes >= 5:
-        result["top5"] = 100.0 * hits[:, :5].any(dim=1).float().mean().item()
+    if scores.shape[1] >= 5:
+        result["top5"] = 100.0 * hits.any(dim=1).float().mean().item()
     return result
 
 

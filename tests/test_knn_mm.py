@@ -115,3 +115,24 @@ def test_a_folder_without_labelled_splits_is_refused_before_training(tmp_path, i
     with pytest.raises(FileNotFoundError, match=r"no folder .*unlabelled/val of labelled images .*data_root=None"):
         pretrain(tmp_path / "work", root, knn=True)
     assert not list((tmp_path / "work").glob("epoch_*.pth"))
+
+
+def test_knn_eval_writes_records_that_give_its_numbers(imagenet, tmp_path):
+    """tools/knn_eval.py on a random-init backbone: test_records.npz beside test_results.json, one record per query
+    image (ids as class/image, as the probe's records name them), whose recomputed top-1 / top-5 are the written
+    numbers."""
+    import importlib.util
+
+    from adpe.report import samples
+
+    spec = importlib.util.spec_from_file_location("adpe_tools_knn_eval", ROOT / "tools/knn_eval.py")
+    knn_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(knn_eval)
+    config = ROOT / "benchmarks/imagenet/linear_probe_adpe_vit_tiny_demo.py"
+    result = knn_eval.main([str(config), "--work-dir", str(tmp_path), "--query-split", "val", "--cfg-options",
+                            f"train_dataloader.dataset.data_root={imagenet}", "model.backbone.init_cfg=None"])
+    records = samples.Records.load(tmp_path / "test_records.npz")
+    assert records.n_images == 2 * 8 and sorted(records.image_ids.tolist())[0].count("/") == 1  # class/image
+    assert samples.accuracy(records)[0] == pytest.approx(result["metrics"]["knn/top1"])
+    assert samples.accuracy(records, k=5)[0] == pytest.approx(result["metrics"]["knn/top5"])
+    assert json.loads((tmp_path / "test_results.json").read_text())["metrics"] == result["metrics"]

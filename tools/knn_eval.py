@@ -7,8 +7,10 @@ initialised as the probe's is (``model.backbone.init_cfg.checkpoint=PATH``, or `
 for random init), and its features -- average-pooled, as the probe reads them -- are classified by
 ``KNNMonitorHook``'s kNN (DINO's k = 20, T = 0.07): the bank is ``--bank-split`` of the train loader's
 ``data_root``, the queries ``--query-split``, both resized as the probe's test pipeline does. Writes
-``DIR/test_results.json`` ({"metrics": {"knn/top1", "knn/top5"}}, as the training tools' --test does), so
-the study's report reads it like any transfer stage's. No training: the same numbers on every run.
+``DIR/test_results.json`` ({"metrics": {"knn/top1", "knn/top5"}}, as the training tools' --test does) and
+beside it ``test_records.npz`` (each query's top-5 classes and scores, adpe.report.samples), so the study's
+report reads it like any transfer stage's, intervals and paired deltas included. No training: the same numbers
+on every run.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from mmengine.config import DictAction
 from mmengine.registry import MODELS
 
 import adpe.mm  # noqa: F401  (registers the suite's modules)
+from adpe.knn import score_accuracy
 from adpe.mm.hooks import KNNMonitorHook
 from adpe.mm.runner import build_config, write_test_results
+from adpe.report import samples
+from adpe.report.records import TEST_RESULTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,11 +58,14 @@ def main(argv=None) -> dict:
     resize, crop = test_sizes(cfg)
     monitor = KNNMonitorHook(data_root=cfg.train_dataloader.dataset.data_root, bank_split=args.bank_split,
                              query_split=args.query_split, resize=resize)
-    metrics, n_bank, n_queries = monitor.classify(backbone, crop)
+    scores, labels, paths, n_bank = monitor.query_scores(backbone, crop)
+    metrics = {f"knn/{k}": v for k, v in score_accuracy(scores, labels).items()}
     init = cfg.model.backbone.get("init_cfg") or {}
-    print(f"[adpe] kNN ({n_bank} {args.bank_split} bank, {n_queries} {args.query_split} query images): {metrics}")
-    return write_test_results(args.config, str(init.get("checkpoint") or "random init"),
-                              {f"knn/{k}": v for k, v in metrics.items()}, args.work_dir)
+    print(f"[adpe] kNN ({n_bank} {args.bank_split} bank, {len(paths)} {args.query_split} query images): {metrics}")
+    top = scores.topk(min(5, scores.shape[1]), dim=1)
+    samples.cls_records(samples.relative_ids(paths), labels.numpy(), top.indices.numpy(), top.values.numpy(),
+                        thr=None, metrics=metrics).save(samples.records_path(f"{args.work_dir}/{TEST_RESULTS[False]}"))
+    return write_test_results(args.config, str(init.get("checkpoint") or "random init"), metrics, args.work_dir)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from mmengine.registry import HOOKS
 from mmengine.runner import BaseLoop, IterBasedTrainLoop, Runner
 
 from adpe.checkpoint import atomic_write, load_checkpoint_file, remove_stale_temporaries, url_scheme
-from adpe.knn import knn_accuracy, probe_backbone
+from adpe.knn import knn_scores, probe_backbone, score_accuracy
 from adpe.mm.models import AdPEViT
 from adpe.mm.optim import bare_model
 
@@ -666,13 +666,20 @@ class KNNMonitorHook(Hook):
         """kNN top-1 / top-5 of ``backbone``'s features (a classification backbone whose first output is the
         pooled feature) on ``crop``^2 centre crops: the metrics, the bank size and the query count. ``runner``
         is needed only for ``data_root='pretraining'`` (tools/knn_eval.py calls this without one)."""
+        scores, labels, paths, n_bank = self.query_scores(backbone, crop, runner)
+        return score_accuracy(scores, labels), n_bank, len(paths)
+
+    def query_scores(self, backbone, crop: int, runner=None) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
+        """The kNN class scores of every query (M, C), their labels (M,) and image paths (M), and the bank size:
+        what per-image records keep (tools/knn_eval.py)."""
         data = self._datasets(runner, crop)
         (bank, bank_idx, bank_labels), (queries, query_idx, query_labels) = data["bank"], data["queries"]
         bank_features = self._features(backbone, bank, bank_idx, data["preprocessor"])
         query_features = self._features(backbone, queries, query_idx, data["preprocessor"])
-        metrics = knn_accuracy(bank_features, bank_labels, query_features, query_labels, data["num_classes"],
-                               self.k, self.temperature)
-        return metrics, len(bank_idx), len(query_idx)
+        scores = knn_scores(bank_features, bank_labels, query_features, data["num_classes"], self.k,
+                            self.temperature)
+        paths = [queries.get_data_info(i)["img_path"] for i in query_idx]
+        return scores, query_labels, paths, len(bank_idx)
 
     def evaluate(self, runner, epochs: int) -> dict[str, float]:
         """Classify the query features against the bank with the current weights (after ``epochs`` epochs); log
