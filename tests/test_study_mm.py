@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -81,9 +82,19 @@ def test_study_runs_end_to_end_shortened_and_draws_its_curves(tmp_path, monkeypa
     assert "![study curves](study_curves.png)" in (report / "study.md").read_text()
 
 
-def _results(folder: Path, metrics: dict) -> None:
+def _results(folder: Path, metrics: dict, records: bool = True) -> None:
+    """A stage's test results and, with ``records``, per-image records of 200 test images that give its top-1:
+    the first images correct (so a higher value's correct images include a lower one's: paired deltas)."""
+    from adpe.report import samples
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "test_results.json").write_text(json.dumps({"metrics": metrics}))
+    if records:
+        n, correct = 200, round(2 * next(iter(metrics.values())))
+        labels = np.arange(n) % 8
+        top = np.where(np.arange(n) < correct, labels, (labels + 1) % 8)[:, None]  # (images, top-1)
+        samples.cls_records([f"c{c}/img{i}" for i, c in enumerate(labels)], labels, top, np.ones_like(top, float),
+                            thr=None).save(folder / "test_records.npz")
 
 
 def test_study_report_reads_curves_from_work_dirs_and_draws_them(tmp_path):
@@ -110,7 +121,7 @@ def test_study_report_reads_curves_from_work_dirs_and_draws_them(tmp_path):
                                                                                    20.0),
                                        ("random_init", 25.0, (20.0, 21.0, 22.0), 12.0)):
         _results(work / name / "knn", {"knn/top1": knn})
-        _results(work / name / "imagenet", {"accuracy/top1": finetune})
+        _results(work / name / "imagenet", {"accuracy/top1": finetune}, records=name != "mae")  # one side lacks them
         for seed, value in enumerate(probe):
             _results(work / name / "linear_probe" / f"seed_{seed}", {"accuracy/top1": value})
     paths = write_study(collect_rows([work]), tmp_path / "report")
@@ -119,11 +130,25 @@ def test_study_report_reads_curves_from_work_dirs_and_draws_them(tmp_path):
     assert (points["mae_ep2"]["steps"], points["mae"]["steps"]) == (20, 40)
     assert points["mae"]["values"] == {"knn_top1": 30.0, "linear_probe_top1": 42.0, "imagenet_top1": 35.0}
     assert points["mae"]["seeds"]["linear_probe_top1"] == [40.0, 42.0, 44.0]
+    assert points["mae"]["intervals"]["knn_top1"]["n_images"] == 200
+    assert "imagenet_top1" not in points["mae"]["intervals"]  # its fine-tuning has no records
+    probe = points["mae"]["intervals"]["linear_probe_top1"]
+    assert probe["seeds"] == 3 and probe["low"] < 42.0 < probe["high"]
     text = paths["md"].read_text()
-    assert "| MAE+ | 40 | 4 | 30.0 | 42.0 ± 2.0 (40.0 / 42.0 / 44.0) | 35.0 |" in text
-    # kNN: below random init at 20 steps (22 < 25), above at 40 (30): crossing between them, at 27.5 steps
-    assert "kNN top-1 (test): +5.0 points" in text and "from about 28 steps" in text
-    assert "+21.0 points, above 3 × the larger seed std (2.0)" in text  # the probe: 42 against 21
+    assert (f"| MAE+ | 40 | 4 | 30.0 [{points['mae']['intervals']['knn_top1']['low']:.1f}, "
+            f"{points['mae']['intervals']['knn_top1']['high']:.1f}] | 42.0 [{probe['low']:.1f}, {probe['high']:.1f}] "
+            "(40.0 / 42.0 / 44.0) | 35.0 |") in text
+    # kNN: below random init at 20 steps (22 < 25), above at 40 (30): crossing between them, at 27.5 steps; its
+    # 10 more correct images of 200 (all paired the same way) make the +5 a difference, as does the probe's +21
+    knn = points["mae"]["deltas"]["knn_top1"]
+    assert knn["verdict"] == "better" and 0 < knn["low"] < 5 < knn["high"] < 10
+    assert f"kNN top-1 (test): +5.0 points [{knn['low']:+.1f}, {knn['high']:+.1f}], better" in text
+    assert "from about 28 steps" in text
+    assert points["mae"]["deltas"]["linear_probe_top1"]["verdict"] == "better"
+    assert "+23.0 points (no per-image records on both sides: no interval)" in text  # fine-tuning: 35 against 12
+    assert "**Target**" in text and "reached: MAE+ on kNN top-1 (test); MAE+ on linear probe top-1 (test)." in text
+    # the epoch-2 point's kNN is below random init: its paired verdict says so
+    assert points["mae_ep2"]["deltas"]["knn_top1"]["verdict"] == "worse"
 
 
 def test_gpus_on_the_command_line_replace_the_yaml_count(capsys):

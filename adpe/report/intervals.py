@@ -26,6 +26,7 @@ RECORD_STATISTICS: dict[str, tuple[StatisticOf, int, str]] = {
     "coco_ap_mask": (lambda r: lambda w: samples.coco_ap(r, "segm", w), stats.COCO_DRAWS, "basic"),
     "imagenet_top1": (lambda r: lambda w: samples.accuracy(r, w), stats.DRAWS, "percentile"),
     "linear_probe_top1": (lambda r: lambda w: samples.accuracy(r, w), stats.DRAWS, "percentile"),
+    "knn_top1": (lambda r: lambda w: samples.accuracy(r, w), stats.DRAWS, "percentile"),  # the study's
 }
 SEED_PATTERN = re.compile("^" + SEED_DIR.format(r"(\d+)") + "$")
 

@@ -6,11 +6,11 @@ random-init reference. :func:`study_points` turns rows into :class:`Point` s; :f
 ``study.md``, ``study.json`` and ``study_curves.png`` (one panel per metric, one line per curve, random init as a
 horizontal line with its seed band) beside the report.
 
-Per point: the kNN top-1 of tools/knn_eval.py (``<row>/knn/test_results.json``), the linear probe (mean ±
-standard deviation over its seeds, and each seed's number) and the fine-tuning top-1, all on the test split;
-the pretraining's own kNN monitor (val split) is drawn as a denser fourth panel. Spreads are plain standard
-deviations over seeds: the paired bootstrap intervals of the statistics issue are to replace them in
-:func:`_spread` and :func:`_verdict` (the only places that say how sure a difference is).
+Per point: the kNN top-1 of tools/knn_eval.py (``<row>/knn/``), the linear probe (its seeds) and the fine-tuning
+top-1, all on the test split, each with its 95% bootstrap interval from the stage's per-image records, and its
+paired delta against random init on the same test images with the verdict (adpe.report.intervals,
+docs/statistics.md). A stage without records keeps its point value and no interval. The pretraining's own kNN
+monitor (val split) is drawn as a denser fourth panel.
 """
 
 from __future__ import annotations
@@ -21,17 +21,23 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from adpe.report.records import RUN_FILE, TEST_RESULTS, Row, RunInfo, read_json
+from adpe.report import intervals
+from adpe.report.records import METRICS, RUN_FILE, TEST_RESULTS, Metric, Row, RunInfo, read_json
+from adpe.report.stats import BETTER, Delta, Interval
 
-# (key, label, how a row holds it): the study's metrics, in panel order.
-STUDY_METRICS = (("knn_top1", "kNN top-1 (test)"), ("linear_probe_top1", "linear probe top-1 (test)"),
-                 ("imagenet_top1", "fine-tuning top-1 (test)"))
+# tools/knn_eval.py's top-1, a study stage of its own (<row>/knn/)
+KNN_TOP1 = Metric("knn_top1", "kNN top-1", "knn", "knn/top1", 1.0, 1, "kNN top-1")
+# The study's metrics, in panel order, with their panel titles.
+STUDY_METRICS = ((KNN_TOP1, "kNN top-1 (test)"),
+                 (next(m for m in METRICS if m.key == "linear_probe_top1"), "linear probe top-1 (test)"),
+                 (next(m for m in METRICS if m.key == "imagenet_top1"), "fine-tuning top-1 (test)"))
 
 
 @dataclass
 class Point:
     """One row of the study: its curve (None: the random-init reference), its pretraining steps and epoch, and
-    per metric key the value and, for the linear probe, the seeds' values."""
+    per metric key the value, for the linear probe the seeds' values, and where records exist the 95% interval
+    and the paired delta against the reference."""
 
     name: str
     label: str
@@ -40,6 +46,8 @@ class Point:
     steps: int | None
     values: dict[str, float | None] = field(default_factory=dict)
     seeds: dict[str, list[float]] = field(default_factory=dict)
+    intervals: dict[str, Interval] = field(default_factory=dict)  # from per-image records, where the stage has them
+    deltas: dict[str, Delta] = field(default_factory=dict)  # paired against the random-init reference
 
 
 def _knn_top1(row: Row) -> float | None:
@@ -94,23 +102,57 @@ def study_points(rows: list[Row]) -> list[Point]:
                             {"knn_top1": _knn_top1(row), "linear_probe_top1": row.values.get("linear_probe_top1"),
                              "imagenet_top1": row.values.get("imagenet_top1")},
                             {"linear_probe_top1": seeds} if seeds else {}))
+    _add_intervals(points, by_name)
     return points
 
 
-def _spread(point: Point, key: str) -> float | None:
-    """The standard deviation over the point's seeds (two or more), else None. Issue 22's bootstrap interval
-    replaces this."""
-    seeds = point.seeds.get(key, [])
-    return statistics.stdev(seeds) if len(seeds) >= 2 else None
+def _stage_dir(row: Row, metric: Metric) -> Path:
+    return Path(row.dir) / "knn" if metric is KNN_TOP1 else Path(row.stages[metric.stage].dir)
+
+
+def _add_intervals(points: list[Point], rows: dict[str, Row]) -> None:
+    """Each point's 95% intervals, and its paired deltas against the first reference (random init), from the
+    stages' per-image records; a stage without records (or tested on other images) gets none."""
+    reference = next((p for p in points if p.curve is None), None)
+    records: dict[tuple[str, str], intervals.RunRecords | None] = {}
+    for point in points:
+        for metric, _ in STUDY_METRICS:
+            if point.values.get(metric.key) is None:
+                continue
+            try:
+                run = intervals.run_records(_stage_dir(rows[point.name], metric))
+            except intervals.ImageSetMismatch:
+                run = None
+            records[point.name, metric.key] = run
+            if run is not None:
+                point.intervals[metric.key] = intervals.value_interval(metric, run)
+    for point in points:
+        if reference is None or point is reference:
+            continue
+        for metric, _ in STUDY_METRICS:
+            a, b = records.get((point.name, metric.key)), records.get((reference.name, metric.key))
+            if a is not None and b is not None:
+                try:
+                    point.deltas[metric.key] = intervals.delta_interval(metric, a, b)
+                except intervals.ImageSetMismatch:
+                    continue
+
+
+def _error(point: Point, key: str) -> tuple[float, float]:
+    """The distances from the value down and up to its 95% interval's bounds ((0, 0) without records)."""
+    found, value = point.intervals.get(key), point.values.get(key)
+    if found is None or value is None:
+        return 0.0, 0.0
+    return max(value - found.low, 0.0), max(found.high - value, 0.0)
 
 
 def _cell(point: Point, key: str) -> str:
     value = point.values.get(key)
     if value is None:
         return "missing"
-    spread = _spread(point, key)
+    found = point.intervals.get(key)
+    text = f"{value:.1f}" + (f" [{found.low:.1f}, {found.high:.1f}]" if found else "")
     seeds = point.seeds.get(key, [])
-    text = f"{value:.1f}" + (f" ± {spread:.1f}" if spread is not None else "")
     return text + (f" ({' / '.join(f'{s:.1f}' for s in seeds)})" if len(seeds) > 1 else "")
 
 
@@ -144,17 +186,15 @@ def crossing(curve: list[Point], reference: float, key: str) -> str:
 
 
 def _verdict(point: Point, reference: Point, key: str) -> str:
-    """The final point against random init: the difference, and for seeded metrics whether it exceeds 3 times the
-    larger seed standard deviation (issue 22's paired interval replaces this rule)."""
+    """The point against random init: the paired delta with its 95% interval and verdict, or only the difference
+    of the values when a side has no records."""
     value, ref = point.values.get(key), reference.values.get(key)
     if value is None or ref is None:
         return "missing"
-    delta = value - ref
-    spreads = [s for s in (_spread(point, key), _spread(reference, key)) if s is not None]
-    if not spreads:
-        return f"{delta:+.1f} points (one run each: no spread to judge it by)"
-    verdict = "above" if abs(delta) > 3 * max(spreads) else "not above"
-    return f"{delta:+.1f} points, {verdict} 3 × the larger seed std ({max(spreads):.1f})"
+    delta = point.deltas.get(key)
+    if delta is None:
+        return f"{value - ref:+.1f} points (no per-image records on both sides: no interval)"
+    return f"{delta.point:+.1f} points [{delta.low:+.1f}, {delta.high:+.1f}], {delta.verdict}"
 
 
 def _figure(points: list[Point], rows: list[Row], path: Path) -> Path:
@@ -165,24 +205,24 @@ def _figure(points: list[Point], rows: list[Row], path: Path) -> Path:
     curves = list(dict.fromkeys(p.curve for p in points if p.curve))
     references = [p for p in points if p.curve is None]
     fig, axes = plt.subplots(1, len(STUDY_METRICS) + 1, figsize=(5.2 * (len(STUDY_METRICS) + 1), 4.2))
-    for ax, (key, label) in zip(axes, STUDY_METRICS, strict=False):
+    for ax, (metric, label) in zip(axes, STUDY_METRICS, strict=False):
+        key = metric.key
         for i, curve in enumerate(curves):
             line = sorted((p for p in points if p.curve == curve and p.steps is not None
                            and p.values.get(key) is not None), key=lambda p: p.steps)
             if line:
                 name = next((p.label for p in points if p.name == curve), curve)
                 ax.errorbar([p.steps for p in line], [p.values[key] for p in line],
-                            yerr=[_spread(p, key) or 0.0 for p in line], marker="o", capsize=3, color=f"C{i}",
-                            label=name)
+                            yerr=list(zip(*(_error(p, key) for p in line), strict=True)), marker="o", capsize=3,
+                            color=f"C{i}", label=name)
         for j, ref in enumerate(references):
             value = ref.values.get(key)
             if value is None:
                 continue
             color = f"C{len(curves) + j}"
             ax.axhline(value, linestyle="--", color=color, label=ref.label)
-            spread = _spread(ref, key)
-            if spread:
-                ax.axhspan(value - spread, value + spread, color=color, alpha=0.15)
+            if key in ref.intervals:  # its 95% interval as a band
+                ax.axhspan(ref.intervals[key].low, ref.intervals[key].high, color=color, alpha=0.15)
         ax.set_title(label)
         ax.set_xlabel("pretraining steps")
         ax.set_ylabel("top-1 (%)")
@@ -225,16 +265,19 @@ def write_study(rows: list[Row], out_dir: str | Path) -> dict[str, Path]:
     lines = ["# Study: downstream accuracy against pretraining length", "",
              "Each pretraining variant's backbone at several points of its schedule, and random init (no "
              "pretraining, the flat reference), evaluated on the test split: weighted kNN (k = 20, T = 0.07, "
-             "bank: the labelled train images), the linear probe (mean ± std over seeds, then each seed) and "
-             "label-scarce fine-tuning. Choices were made on the val split; the test split is evaluated once.", "",
+             "bank: the labelled train images), the linear probe (mean over seeds, then each seed) and "
+             "label-scarce fine-tuning. Choices were made on the val split; the test split is evaluated once. "
+             "Brackets: 95% bootstrap intervals over the test images (and seeds), from each stage's per-image "
+             "records; deltas are paired on the same test images (docs/statistics.md).", "",
              "![study curves](study_curves.png)", "",
              "| row | steps | epoch | " + " | ".join(label for _, label in STUDY_METRICS) + " |",
              "|---|---|---|" + "---|" * len(STUDY_METRICS)]
     for p in sorted(points, key=lambda p: (p.curve is None, curves.index(p.curve) if p.curve else 0, p.steps or 0)):
         lines.append(f"| {p.label} | {p.steps if p.steps is not None else 0 if p.curve is None else '?'} | "
                      f"{p.epoch if p.epoch is not None else '-'} | "
-                     + " | ".join(_cell(p, key) for key, _ in STUDY_METRICS) + " |")
+                     + " | ".join(_cell(p, metric.key) for metric, _ in STUDY_METRICS) + " |")
     lines += ["", "## The last measured point of each curve, against random init", ""]
+    wins = []
     for reference in references[:1]:
         for curve in curves:
             line = sorted((p for p in points if p.curve == curve and p.steps is not None
@@ -243,12 +286,15 @@ def write_study(rows: list[Row], out_dir: str | Path) -> dict[str, Path]:
                 continue
             final = line[-1]  # the end of the schedule once a run is complete
             lines.append(f"- **{final.label}** ({final.steps} steps):")
-            for key, label in STUDY_METRICS:
-                ref = reference.values.get(key)
-                where = crossing(line, ref, key) if ref is not None else "no reference"
-                lines.append(f"  - {label}: {_verdict(final, reference, key)}; crossing: {where}.")
-    lines += ["", "Spreads are standard deviations over seeds (the linear probe's); kNN is deterministic and "
-              "fine-tuning has one run per point here, so their single differences carry no interval yet."]
+            for metric, label in STUDY_METRICS:
+                ref = reference.values.get(metric.key)
+                where = crossing(line, ref, metric.key) if ref is not None else "no reference"
+                lines.append(f"  - {label}: {_verdict(final, reference, metric.key)}; crossing: {where}.")
+                if final.deltas.get(metric.key) and final.deltas[metric.key].verdict == BETTER:
+                    wins.append(f"{final.label} on {label}")
+    lines += ["", "**Target** (at the end of pretraining, better than random init on at least one metric, the paired "
+              "95% interval of the delta excluding 0): " + (f"reached: {'; '.join(wins)}." if wins else
+                                                             "not reached.")]
     paths["md"] = out_dir / "study.md"
     paths["md"].write_text("\n".join(lines) + "\n")
     paths["json"] = out_dir / "study.json"
