@@ -63,8 +63,7 @@ def test_study_runs_end_to_end_shortened_and_draws_its_curves(tmp_path, monkeypa
     raw["variants"] = [mae, raw["variants"][-1]]
     short = ["train_cfg.max_epochs=1", "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
              "val_dataloader.num_workers=0", "test_dataloader.num_workers=0"]
-    raw["imagenet"]["finetune"]["cfg_options"] = [*short, "train_dataloader.dataset.ann_file=meta/train_2.txt",
-                                                  "train_dataloader.batch_size=8"]
+    raw["imagenet"]["finetune"]["cfg_options"] = [*short, "train_dataloader.batch_size=8"]
     raw["imagenet"]["linear_probe"].update(seeds=[0], cfg_options=[*short, "train_dataloader.batch_size=8"])
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump(raw))

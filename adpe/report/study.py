@@ -266,7 +266,7 @@ def write_study(rows: list[Row], out_dir: str | Path) -> dict[str, Path]:
              "Each pretraining variant's backbone at several points of its schedule, and random init (no "
              "pretraining, the flat reference), evaluated on the test split: weighted kNN (k = 20, T = 0.07, "
              "bank: the labelled train images), the linear probe (mean over seeds, then each seed) and "
-             "label-scarce fine-tuning. Choices were made on the val split; the test split is evaluated once. "
+             "fine-tuning (all train labels). Choices were made on the val split; the test split is evaluated once. "
              "Brackets: 95% bootstrap intervals over the test images (and seeds), from each stage's per-image "
              "records; deltas are paired on the same test images (docs/statistics.md).", "",
              "![study curves](study_curves.png)", "",

@@ -1,21 +1,27 @@
 _base_ = ['./finetune_adpe_vit_tiny_demo.py']
-# The study's label-scarce fine-tuning (make study, tools/study_pipeline.yaml): the demo's fine-tuning recipe on
-# the study's tiny ViT (patch 8, 56^2 crops) with 16 labelled images per class (data/study/imagenet/meta/
-# train_16.txt, 128 images; the other train images are unlabelled pretraining data), where pretraining is known
-# to matter most. Validated on val/, tested once on test/.
+# The study's fine-tuning (make study, tools/study_pipeline.yaml): the demo's fine-tuning recipe on the study's tiny
+# ViT (patch 8, 56^2 crops) and on all 1280 train labels, validated on val/ and tested once on test/. What differs
+# from the demo, and why -- each choice made on val/ (256 images) with the 16-epoch MAE+ backbone and random init,
+# 2026-12-07 (README, Study):
+# - all train labels, not the 16 per class of data/study/imagenet/meta/train_16.txt (add
+#   train_dataloader.dataset.ann_file=meta/train_16.txt for that): with 128 labelled images every recipe tried
+#   stayed within 5 points of chance for both inits (MAE+ 12.5-17.2 %, random init 10.9 %), too close for the
+#   study's 512 test images to tell inits apart;
+# - no mixup / cutmix and no random erasing: on this little data they kept the training loss near log(8) (the
+#   demo's recipe: 12.5 % on val for every init);
+# - RandomResizedCrop keeps 35-100 % of the image (the default 8 % often cuts the object, the class, away);
+# - 20 epochs (800 steps of 32 images); val top-1 10 epochs / 20 epochs: MAE+ 33.2 / 40.6, random init 24.2 / 26.6.
 data_root = 'data/study/imagenet'
 crop = 56
-model = dict(backbone=dict(img_size=crop, patch_size=8))
+model = dict(backbone=dict(img_size=crop, patch_size=8), train_cfg=dict(_delete_=True))  # no batch augments
 bgr_mean = [103.53, 116.28, 123.675]
-bgr_std = [57.375, 57.12, 58.395]
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='RandomResizedCrop', scale=crop, backend='pillow', interpolation='bicubic'),
+    dict(type='RandomResizedCrop', scale=crop, crop_ratio_range=(0.35, 1.0), backend='pillow',
+         interpolation='bicubic'),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='RandAugment', policies='timm_increasing', num_policies=2, total_level=10, magnitude_level=9,
          magnitude_std=0.5, hparams=dict(pad_val=[round(x) for x in bgr_mean], interpolation='bicubic')),
-    dict(type='RandomErasing', erase_prob=0.25, mode='rand', min_area_ratio=0.02, max_area_ratio=1 / 3,
-         fill_color=bgr_mean, fill_std=bgr_std),
     dict(type='PackInputs'),
 ]
 test_pipeline = [
@@ -24,15 +30,13 @@ test_pipeline = [
     dict(type='CenterCrop', crop_size=crop),
     dict(type='PackInputs'),
 ]
-classes = ('circle', 'square', 'triangle', 'star', 'ring', 'cross', 'ellipse', 'hexagon')  # demo_data.CLASSES
-train_dataloader = dict(dataset=dict(data_root=data_root, ann_file='meta/train_16.txt', metainfo=dict(classes=classes),
-                                     pipeline=train_pipeline))
+train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = dict(batch_size=64, num_workers=1,
                        dataset=dict(type='CustomDataset', data_root=data_root, data_prefix='test',
                                     pipeline=test_pipeline))
-epochs = 40  # 160 steps of 32 images
-warmup_epochs = 4
+epochs = 20  # 800 steps of 32 images
+warmup_epochs = 2
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=warmup_epochs, convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', T_max=epochs - warmup_epochs, eta_min_ratio=1e-6 / 1e-3, by_epoch=True,
