@@ -47,8 +47,7 @@ def test_study_yaml_plans_every_checkpoint_as_its_own_row(tmp_path):
     assert steps[-1].command[-1] == "--study"
 
 
-@pytest.mark.mm
-@pytest.mark.slow  # about 15 processes (pretraining, exports, kNN, probes, fine-tuning): minutes on 2 cores
+@pytest.mark.mm  # about 15 processes (pretraining, exports, kNN, probes, fine-tuning): 60 s on 2 idle cores
 def test_study_runs_end_to_end_shortened_and_draws_its_curves(tmp_path, monkeypatch):
     """The study's YAML with tiny data, MAE+ for 2 one-step epochs (a checkpoint after the first), one probe
     seed and one-epoch transfers: every stage runs, and the report draws the curve figure."""
