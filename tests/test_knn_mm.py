@@ -136,3 +136,20 @@ def test_knn_eval_writes_records_that_give_its_numbers(imagenet, tmp_path):
     assert samples.accuracy(records)[0] == pytest.approx(result["metrics"]["knn/top1"])
     assert samples.accuracy(records, k=5)[0] == pytest.approx(result["metrics"]["knn/top5"])
     assert json.loads((tmp_path / "test_results.json").read_text())["metrics"] == result["metrics"]
+
+
+def test_knn_eval_cost_is_the_vit_forward_written_out():
+    """--cost: FLOP per image of the tiny probe backbone (112^2, patch 16, 192-d, 4 blocks) equal to a ViT's forward
+    counted by hand -- patch embedding, then per block qkv, QK^T and AV, projection and the 4x MLP, 2 FLOP per
+    multiply-add -- and the total that per-image figure times the images."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("adpe_tools_knn_eval_cost", ROOT / "tools/knn_eval.py")
+    knn_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(knn_eval)
+    cost = knn_eval.main([str(ROOT / "benchmarks/imagenet/linear_probe_adpe_vit_tiny_demo.py"), "--cost", "300"])
+    patches, dim, depth = (112 // 16) ** 2, 192, 4
+    tokens = patches + 1  # and the class token
+    per_block = 12 * tokens * dim * dim + 2 * tokens * tokens * dim
+    assert cost["flop_per_image"] == 2 * (patches * 3 * 16 * 16 * dim + depth * per_block)
+    assert cost["flop"] == 300 * cost["flop_per_image"] and cost["seconds"] == 300 * cost["seconds_per_image"] > 0

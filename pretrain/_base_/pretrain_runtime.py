@@ -77,7 +77,8 @@ default_hooks = dict(
 # KNNMonitorHook: weighted kNN top-1 of the encoder's features (DINO's k = 20, T = 0.07) every 20 epochs, on 10
 # train images per class as the bank and 10 val images per class as queries (10,000 each on ImageNet); off until
 # given a labelled folder: --cfg-options custom_hooks.5.data_root=pretraining (the pretraining root's train/ and
-# val/) or =PATH.
+# val/) or =PATH. One evaluation: 703 TFLOP (35.1 GFLOP per image, tools/knn_eval.py
+# benchmarks/imagenet/linear_probe_adpe_vitb.py --cost 20000; README, Pretraining).
 custom_hooks = [dict(type='EffectiveBatchHook'), dict(type='AdversaryHook'), dict(type='RandomStateHook'),
                 dict(type='NonFiniteLossHook'), dict(type='WorkDirLockHook'),
                 dict(type='KNNMonitorHook', data_root=None, interval=20, max_bank_per_class=10,
