@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -350,3 +351,15 @@ def test_a_stage_gets_its_share_of_threads(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     run_step(step, 1, 1, 0.0, threads=3)
     assert "threads 5 None" in (tmp_path / "report.log").read_text()
+
+
+def test_a_checkout_on_another_checkouts_package_is_refused(tmp_path):
+    """tools/pipeline.py of one checkout on a Python whose adpe is installed (editable) from another: its stages
+    would run in, and write into, that other checkout, so it stops first and names both."""
+    other = tmp_path / "clone"
+    (other / "tools").mkdir(parents=True)
+    shutil.copy(ROOT / "tools" / "pipeline.py", other / "tools" / "pipeline.py")
+    done = subprocess.run([sys.executable, str(other / "tools" / "pipeline.py"), "--dry-run"], capture_output=True,
+                          text=True, cwd=other)
+    assert done.returncode == 1 and not (other / "work_dirs").exists()
+    assert f"{other}/tools/pipeline.py" in done.stderr and f"adpe installed from {ROOT}" in done.stderr
