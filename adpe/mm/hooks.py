@@ -665,7 +665,7 @@ class KNNMonitorHook(Hook):
     def classify(self, backbone, crop: int, runner=None) -> tuple[dict[str, float], int, int]:
         """kNN top-1 / top-5 of ``backbone``'s features (a classification backbone whose first output is the
         pooled feature) on ``crop``^2 centre crops: the metrics, the bank size and the query count. ``runner``
-        is needed only for ``data_root='pretraining'`` (tools/knn_eval.py calls this without one)."""
+        is needed only for ``data_root='pretraining'`` (tools/knn_eval.py calls ``query_scores`` without one)."""
         scores, labels, paths, n_bank = self.query_scores(backbone, crop, runner)
         return score_accuracy(scores, labels), n_bank, len(paths)
 
