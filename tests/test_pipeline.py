@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from adpe.report import RunInfo
-from adpe.tooling import checkout_root
 from adpe.tooling.pipeline import PipelineConfig, main, plan, write_run_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -363,4 +362,6 @@ def test_a_checkout_on_another_checkouts_package_is_refused(tmp_path):
     done = subprocess.run([sys.executable, str(other / "tools" / "pipeline.py"), "--dry-run"], capture_output=True,
                           text=True, cwd=other)
     assert done.returncode == 1 and not (other / "work_dirs").exists()
-    assert f"{other}/tools/pipeline.py" in done.stderr and f"adpe installed from {checkout_root()}" in done.stderr
+    installed = subprocess.run([sys.executable, "-c", "from adpe.tooling import checkout_root; print(checkout_root())"],
+                               capture_output=True, text=True, cwd=other, check=True).stdout.strip()
+    assert f"{other}/tools/pipeline.py" in done.stderr and f"adpe installed from {installed}" in done.stderr
