@@ -235,3 +235,21 @@ def test_tiny_fine_tune_beats_chance(easy_imagenet, tmp_path):
     metrics = _train_and_test(str(ROOT / "benchmarks/imagenet/finetune_adpe_vit_tiny_demo.py"), easy_imagenet,
                               tmp_path / "finetune", [], in_process=False)
     assert metrics["accuracy/top1"] > 2 * 100 / 8, metrics
+
+
+def test_a_labelled_subset_list_labels_images_as_the_class_folders_do(tmp_path):
+    """meta/train_<k>.txt (a label-scarce training set) gives each image the label that mmpretrain's folder
+    dataset gives it, the one val/ and test/ images of that class get: folders numbered by sorted name."""
+    from mmpretrain.datasets import CustomDataset
+
+    from adpe.tooling.demo_data import write_imagenet
+
+    root = write_imagenet(tmp_path / "imagenet", n_per_class=3, n_val_per_class=1, size=32, labelled_subsets=[2])
+    folders = CustomDataset(data_root=str(root), data_prefix="train", pipeline=[])
+    by_folder = {Path(d["img_path"]).relative_to(root / "train").as_posix(): d["gt_label"]
+                 for d in folders.load_data_list()}
+    listed = CustomDataset(data_root=str(root), data_prefix="train", ann_file="meta/train_2.txt",
+                           metainfo={"classes": folders.metainfo["classes"]}, pipeline=[])
+    pairs = [(Path(d["img_path"]).relative_to(root / "train").as_posix(), d["gt_label"])
+             for d in listed.load_data_list()]
+    assert len(pairs) == 16 and all(label == by_folder[path] for path, label in pairs)

@@ -508,8 +508,9 @@ def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 32, size: in
     ``root/test/`` with ``n_test_per_class`` per class when that is positive.
 
     ``labelled_subsets``: for each k, ``root/meta/train_<k>.txt`` lists the first k train images of each class
-    with their labels (mmpretrain's ``ann_file`` format, paths relative to ``train/``): a label-scarce training
-    set whose other images stay unlabelled (pretraining reads all of ``train/``).
+    with their labels (mmpretrain's ``ann_file`` format, paths relative to ``train/``; labels numbered as
+    mmpretrain numbers class folders, by sorted name): a label-scarce training set whose other images stay
+    unlabelled (pretraining reads all of ``train/``).
 
     Each image shows one large object of its class over a few small objects of other classes; hues and patterns
     do not depend on the class, unless ``class_appearance`` (each class in its own colours and pattern, an easy
@@ -523,6 +524,7 @@ def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 32, size: in
         params["n_test_per_class"] = n_test_per_class
     if labelled_subsets:
         params["labelled_subsets"] = [int(k) for k in labelled_subsets]
+        params["subset_labels"] = "folder order"  # the lists' labels before this were in CLASSES order
     if any(k > n_per_class for k in labelled_subsets):
         raise ValueError(f"labelled_subsets {list(labelled_subsets)}: more than the {n_per_class} train images "
                          "per class")
@@ -530,10 +532,13 @@ def write_imagenet(root: str | os.PathLike[str], n_per_class: int = 32, size: in
     def build(out: Path) -> None:
         splits = [("train", n_per_class), ("val", n_val_per_class)] + ([("test", n_test_per_class)]
                                                                        if n_test_per_class else [])
+        # labels as mmpretrain's folder datasets number the class folders (sorted names), so that a list's
+        # labels are the ones val/ and test/ get
+        folder_label = {name: label for label, name in enumerate(sorted(CLASSES))}
         for k in labelled_subsets:
             (out / "meta").mkdir(exist_ok=True)
             (out / "meta" / f"train_{k}.txt").write_text("".join(
-                f"{name}/{i:05d}.JPEG {cid}\n" for cid, name in enumerate(CLASSES) for i in range(k)))
+                f"{name}/{i:05d}.JPEG {folder_label[name]}\n" for name in CLASSES for i in range(k)))
         for split_id, (split, n) in enumerate(splits):
             for cid, name in enumerate(CLASSES):
                 folder = out / split / name
