@@ -161,18 +161,27 @@ def compute(rows: list[Row], base: Row | None) -> Uncertainty:
                 out.retest.append((row.label, metric.label, retest_command(row, metric)))
                 continue
             out.values[row.name][metric.key] = value_interval(metric, run)
-    for row in rows:
-        if base is None or row is base:
+    if base is not None:
+        add_deltas(out, records, METRICS, [(row.name, row.label) for row in rows], (base.name, base.label))
+    return out
+
+
+def add_deltas(out: Uncertainty, records: dict[tuple[str, str], RunRecords | None], metrics,
+               rows: list[tuple[str, str]], base: tuple[str, str]) -> None:
+    """Into ``out``: the paired delta against ``base`` of every other row (name, label) and metric whose records
+    both sides have (``records[name, metric key]``); a note for each pair tested on different images."""
+    for name, label in rows:
+        if name == base[0]:
             continue
-        for metric in METRICS:
-            a, b = records.get((row.name, metric.key)), records.get((base.name, metric.key))
+        out.deltas.setdefault(name, {})
+        for metric in metrics:
+            a, b = records.get((name, metric.key)), records.get((base[0], metric.key))
             if a is None or b is None:
                 continue
             try:
-                out.deltas[row.name][metric.key] = delta_interval(metric, a, b)
+                out.deltas[name][metric.key] = delta_interval(metric, a, b)
             except ImageSetMismatch as err:
-                out.notes.append(f"{row.label} against {base.label}, {metric.label}: {err}")
-    return out
+                out.notes.append(f"{label} against {base[1]}, {metric.label}: {err}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -126,16 +126,12 @@ def _add_intervals(points: list[Point], rows: dict[str, Row]) -> None:
             records[point.name, metric.key] = run
             if run is not None:
                 point.intervals[metric.key] = intervals.value_interval(metric, run)
-    for point in points:
-        if reference is None or point is reference:
-            continue
-        for metric, _ in STUDY_METRICS:
-            a, b = records.get((point.name, metric.key)), records.get((reference.name, metric.key))
-            if a is not None and b is not None:
-                try:
-                    point.deltas[metric.key] = intervals.delta_interval(metric, a, b)
-                except intervals.ImageSetMismatch:
-                    continue
+    if reference is not None:
+        found = intervals.Uncertainty()
+        intervals.add_deltas(found, records, [m for m, _ in STUDY_METRICS], [(p.name, p.label) for p in points],
+                             (reference.name, reference.label))
+        for point in points:
+            point.deltas = found.deltas.get(point.name, {})
 
 
 def _error(point: Point, key: str) -> tuple[float, float]:
